@@ -1,0 +1,52 @@
+# Every target runs in the project's virtualenv: the active one, else .venv/ (made by `make install`).
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.adperception-installed
+
+# SynthDrive for the quickstart: 256×512, the default resolution of the generator.
+DATA ?= data/synthdrive
+TRAIN_SAMPLES ?= 400
+VAL_SAMPLES ?= 100
+SEED ?= 0
+OUT ?= outputs/quickstart
+
+.PHONY: install quickstart data preview test lint format benchmark-synth clean
+
+install: $(STAMP)
+
+# Re-runs when the pins or the install step change; tools/install.sh is idempotent anyway.
+$(STAMP): setup.cfg pyproject.toml tools/install.sh
+	bash tools/install.sh
+	touch $@
+
+quickstart: preview
+	@echo "quickstart: dataset in $(DATA), preview images in $(OUT)/preview"
+
+data: $(DATA)/.complete
+
+$(DATA)/.complete: $(STAMP)
+	$(PY) tools/make_synthetic.py --out $(DATA) --train $(TRAIN_SAMPLES) --val $(VAL_SAMPLES) --seed $(SEED)
+	$(PY) tools/check_dataset.py $(DATA)
+	touch $@
+
+preview: data
+	$(PY) tools/browse_dataset.py $(DATA) --split val --num 4 --out-dir $(OUT)/preview
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+benchmark-synth: $(STAMP)
+	$(PY) tools/benchmark.py synth --json $(OUT)/benchmark_synth.json
+
+clean:
+	rm -rf $(OUT) $(DATA)

@@ -1,0 +1,1 @@
+"""Datasets (Cityscapes layout, NYUv2, SynthDrive) and target-consistent transforms."""

@@ -1,0 +1,130 @@
+"""On-disk encodings of the Cityscapes layout, shared by the SynthDrive writer and the reader.
+
+Cityscapes (https://github.com/mcordts/cityscapesScripts, README "Dataset Structure"):
+- disparity PNG, uint16: p > 0 encodes d = (p - 1) / 256 pixels, p = 0 is invalid;
+  depth = baseline * fx / d with the baseline (m) and fx (px) of the sample's camera json.
+- instanceIds PNG: value >= 1000 is ``label_id * 1000 + k``; below 1000 it is a plain label id.
+Ours: ``*_normals.png`` is a 16-bit RGB PNG, channel = round((n + 1) / 2 * 65535) for a unit
+normal n in the camera frame (x right, y down, z forward); (0, 0, 0) marks invalid pixels
+(no unit vector encodes to it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
+INSTANCE_IDS_SUFFIX = "_gtFine_instanceIds.png"
+DISPARITY_SUFFIX = "_disparity.png"
+CAMERA_SUFFIX = "_camera.json"
+NORMALS_SUFFIX = "_normals.png"
+
+#: Folder of each file kind under the dataset root, then ``{split}/{city}/``.
+FOLDERS = {
+    IMAGE_SUFFIX: "leftImg8bit",
+    LABEL_IDS_SUFFIX: "gtFine",
+    INSTANCE_IDS_SUFFIX: "gtFine",
+    DISPARITY_SUFFIX: "disparity",
+    CAMERA_SUFFIX: "camera",
+    NORMALS_SUFFIX: "normals",
+}
+
+INSTANCE_OFFSET = 1000
+NORMALS_SCALE = 65535.0
+
+
+def depth_to_disparity_png(depth: np.ndarray, baseline: float, fx: float) -> np.ndarray:
+    """Encode metric depth (0 = invalid) as a Cityscapes disparity map (uint16).
+
+    Disparities that do not fit the 16-bit code (too near) and invalid depth become 0.
+    """
+    depth = np.asarray(depth, dtype=np.float64)
+    valid = depth > 0
+    disparity = np.zeros_like(depth)
+    disparity[valid] = baseline * fx / depth[valid]
+    code = np.round(disparity * 256.0) + 1.0
+    code[~valid | (code > 65535) | (code < 2)] = 0
+    return code.astype(np.uint16)
+
+
+def disparity_png_to_depth(code: np.ndarray, baseline: float, fx: float) -> np.ndarray:
+    """Decode a Cityscapes disparity map to float32 metric depth, 0 where invalid."""
+    code = np.asarray(code, dtype=np.float64)
+    disparity = (code - 1.0) / 256.0
+    depth = np.zeros(code.shape, dtype=np.float32)
+    valid = disparity > 0
+    depth[valid] = baseline * fx / disparity[valid]
+    return depth
+
+
+def encode_normals_png(normals: np.ndarray) -> np.ndarray:
+    """Encode H×W×3 unit normals (all-zero = invalid) as uint16 RGB."""
+    normals = np.asarray(normals, dtype=np.float64)
+    code = np.round((np.clip(normals, -1.0, 1.0) + 1.0) * 0.5 * NORMALS_SCALE)
+    code[~np.any(normals != 0, axis=-1)] = 0
+    return code.astype(np.uint16)
+
+
+def decode_normals_png(code: np.ndarray) -> np.ndarray:
+    """Decode uint16 RGB to float32 unit normals; (0, 0, 0) pixels decode to all-zero."""
+    code = np.asarray(code)
+    normals = code.astype(np.float64) / NORMALS_SCALE * 2.0 - 1.0
+    norm = np.linalg.norm(normals, axis=-1, keepdims=True)
+    valid = np.any(code != 0, axis=-1, keepdims=True) & (norm > 0)
+    return np.where(valid, normals / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
+
+
+class DataFileError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent; the message names the file."""
+
+
+def read_png(path: str | os.PathLike, *, channels: int, dtype: type[np.integer]) -> np.ndarray:
+    """Read a PNG as H×W (channels=1) or H×W×3 RGB array of exactly ``dtype``.
+
+    Raises ``DataFileError`` naming the file when it is missing, truncated or not of the
+    expected channel count or bit depth (e.g. an 8-bit disparity map).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataFileError(f"{path}: file is missing")
+    array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if array is None or array.size == 0:
+        raise DataFileError(f"{path}: cannot be decoded as PNG (truncated or corrupt)")
+    got_channels = 1 if array.ndim == 2 else array.shape[2]
+    if got_channels == 4 and channels == 3:
+        array, got_channels = array[..., :3], 3
+    if got_channels != channels:
+        raise DataFileError(f"{path}: expected {channels} channel(s), found {got_channels}")
+    if array.dtype != dtype:
+        raise DataFileError(f"{path}: expected {np.dtype(dtype).name} pixels, found {array.dtype}")
+    if channels == 3:
+        array = np.ascontiguousarray(array[..., ::-1])
+    return array
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an H×W or H×W×3 RGB array (uint8 or uint16) as PNG, atomically.
+
+    The file appears under its final name only once complete, so a killed writer never leaves
+    a truncated PNG that a reader would take for data.
+    """
+    path = os.fspath(path)
+    if array.ndim == 3:
+        array = np.ascontiguousarray(array[..., ::-1])
+    ok, buffer = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    write_bytes_atomic(path, buffer.tobytes())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling, then rename it over ``path``."""
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
