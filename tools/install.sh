@@ -11,11 +11,11 @@
 #   - its setup.py asks for -std=c++14/17 while torch >= 2.13's headers demand C++20: the flag is
 #     raised to the standard the installed torch's headers require.
 # CUDA ops are built when a GPU is visible or FORCE_CUDA=1 (Docker builds); else CPU ops only.
-set -euo pipefail
+set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TORCH_SPEC=("torch==2.14.1" "torchvision==0.29.1")
-MMCV_VERSION="2.1.0"
+export MMCV_VERSION="2.1.0"
 CACHE="${ADPERCEPTION_CACHE:-$HOME/.cache/adperception}"
 
 log() { printf '[install] %s\n' "$*"; }
@@ -58,12 +58,42 @@ EOF
 mmcv_ok() {
     "$PY" -c "import mmcv, mmcv._ext; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null
 }
+
+build_mmcv_wheel() {  # $1: cache dir for the wheel, $2: C++ standard, $3: 1 to build CUDA ops
+    log "building mmcv $MMCV_VERSION from the sdist ($2, CUDA ops: $3)"
+    log "this takes about 13 minutes on 2 cores; it happens once per torch/CUDA/Python version"
+    local work start prev_setuptools src whl
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"; trap - RETURN' RETURN
+    # mmcv's setup.py needs pkg_resources (setuptools < 70); torch's own pin is restored after.
+    prev_setuptools="$("$PY" -c 'import setuptools; print(setuptools.__version__)' 2>/dev/null || true)"
+    "${PIP[@]}" install -q "setuptools>=64,<70" wheel ninja
+    "${PIP[@]}" download -q --no-deps --no-binary mmcv --no-build-isolation \
+        "mmcv==$MMCV_VERSION" -d "$work" || die "could not download the mmcv $MMCV_VERSION sdist"
+    tar -xzf "$work/mmcv-$MMCV_VERSION.tar.gz" -C "$work"
+    src="$work/mmcv-$MMCV_VERSION"
+    grep -q -- "-std=c++1[47]" "$src/setup.py" \
+        || die "mmcv's setup.py no longer sets -std=c++14/17: revisit the C++ standard patch"
+    sed -i -E "s/-std=c\+\+1[47]/-std=$2/g" "$src/setup.py"
+    start=$SECONDS
+    MMCV_WITH_OPS=1 FORCE_CUDA="$3" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+        "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$work/dist" "$src" \
+        || die "building mmcv $MMCV_VERSION failed (the compiler output is above)"
+    if [[ -n "$prev_setuptools" ]]; then
+        "${PIP[@]}" install -q "setuptools==$prev_setuptools"
+    fi
+    mkdir -p "$1"
+    for whl in "$work"/dist/mmcv-*.whl; do
+        cp "$whl" "$1/.$(basename "$whl").part"
+        mv "$1/.$(basename "$whl").part" "$1/$(basename "$whl")"
+    done
+    log "built mmcv in $((SECONDS - start)) s, cached in $1"
+}
+
+MMCV_WHEEL=()
 if mmcv_ok; then
     log "mmcv $MMCV_VERSION with ops already installed"
 else
-    # Build-time setuptools < 70 (pkg_resources); the version torch asked for is restored after.
-    PREV_SETUPTOOLS="$("$PY" -c 'import setuptools; print(setuptools.__version__)' 2>/dev/null || true)"
-    "${PIP[@]}" install -q "setuptools>=64,<70" wheel ninja
     read -r KEY CXX_STD WITH_CUDA < <("$PY" - <<'EOF'
 import os, re, sys, torch
 from pathlib import Path
@@ -73,46 +103,25 @@ std = {"2020": "c++20", "2023": "c++23"}.get(m.group(1) if m else "", "c++17")
 cuda = os.environ.get("FORCE_CUDA") == "1" or torch.cuda.is_available()
 accel = f"cu{torch.version.cuda}" if cuda and torch.version.cuda else "cpuops"
 py = f"cp{sys.version_info.major}{sys.version_info.minor}"
-print(f"mmcv{os.environ.get('MMCV_VERSION', '2.1.0')}-torch{torch.__version__}-{accel}-{py}", std, int(cuda))
+print(f"mmcv{os.environ['MMCV_VERSION']}-torch{torch.__version__}-{accel}-{py}", std, int(cuda))
 EOF
     )
     [[ -n "${KEY:-}" ]] || die "could not inspect the installed torch"
     WHEEL_DIR="$CACHE/wheels/$KEY"
-    if ! compgen -G "$WHEEL_DIR/mmcv-$MMCV_VERSION-*.whl" >/dev/null; then
-        log "no cached mmcv wheel for $KEY: building from the sdist ($CXX_STD, CUDA ops: $WITH_CUDA)"
-        log "this takes about 13 minutes on 2 cores; it happens once per torch/Python version"
-        WORK="$(mktemp -d)"
-        trap 'rm -rf "$WORK"' EXIT
-        "${PIP[@]}" download -q --no-deps --no-binary mmcv --no-build-isolation \
-            "mmcv==$MMCV_VERSION" -d "$WORK" || die "could not download the mmcv $MMCV_VERSION sdist"
-        tar -xzf "$WORK/mmcv-$MMCV_VERSION.tar.gz" -C "$WORK"
-        SRC="$WORK/mmcv-$MMCV_VERSION"
-        grep -q -- "-std=c++1[47]" "$SRC/setup.py" || die "mmcv's setup.py no longer sets -std=c++14/17; revisit this patch"
-        sed -i -E "s/-std=c\+\+1[47]/-std=$CXX_STD/g" "$SRC/setup.py"
-        export MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-        if [[ "$WITH_CUDA" == 1 ]]; then export FORCE_CUDA=1; fi
-        start=$SECONDS
-        "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$WORK/dist" "$SRC" \
-            || die "building mmcv $MMCV_VERSION from source failed (see the compiler output above)"
-        mkdir -p "$WHEEL_DIR"
-        for whl in "$WORK"/dist/mmcv-*.whl; do
-            cp "$whl" "$WHEEL_DIR/.$(basename "$whl").part"
-            mv "$WHEEL_DIR/.$(basename "$whl").part" "$WHEEL_DIR/$(basename "$whl")"
-        done
-        log "built mmcv in $((SECONDS - start)) s, cached in $WHEEL_DIR"
-    else
+    if compgen -G "$WHEEL_DIR/mmcv-$MMCV_VERSION-*.whl" >/dev/null; then
         log "using the cached mmcv wheel in $WHEEL_DIR"
+    else
+        build_mmcv_wheel "$WHEEL_DIR" "$CXX_STD" "$WITH_CUDA"
     fi
-    "${PIP[@]}" install -q --no-deps --force-reinstall "$WHEEL_DIR"/mmcv-$MMCV_VERSION-*.whl
-    if [[ -n "$PREV_SETUPTOOLS" ]]; then
-        "${PIP[@]}" install -q "setuptools==$PREV_SETUPTOOLS"
-    fi
-    mmcv_ok || die "mmcv installed but mmcv._ext does not import"
+    MMCV_WHEEL=("$(compgen -G "$WHEEL_DIR/mmcv-$MMCV_VERSION-*.whl" | head -n 1)")
+    # A broken or op-less mmcv (e.g. mmcv-lite) of the same version would shadow the wheel.
+    "${PIP[@]}" uninstall -q -y mmcv mmcv-lite 2>/dev/null || true
 fi
 
-# 3. The project and the rest of its pinned dependencies (setup.cfg holds the pins).
+# 3. The project and the rest of its pinned dependencies (setup.cfg holds the pins), resolved
+#    together with the mmcv wheel so that mmcv's own dependencies come in too.
 log "installing adperception and its dependencies"
-"${PIP[@]}" install -q -e "$ROOT[dev]"
+"${PIP[@]}" install -q "${MMCV_WHEEL[@]}" -e "$ROOT[dev]"
 "$PY" - <<'EOF' || die "the OpenMMLab stack does not import"
 import mmcv._ext, mmdet, mmengine, mmseg  # noqa: F401
 from mmcv.ops import nms  # noqa: F401
