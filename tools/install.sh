@@ -41,6 +41,10 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 10) else 1)
 EOF
 
+# The venv module seeds an old pip (23.x here) whose resolver crashes on some of this stack's
+# metadata ("expected string or bytes-like object, got 'NoneType'"): bring pip up first.
+"${PIP[@]}" install -q "pip>=24" || die "could not upgrade pip"
+
 # 1. torch: keep an installed torch inside the supported range (e.g. a CUDA build), else the pin.
 if "$PY" -c "import torch, torchvision" 2>/dev/null; then
     log "torch $("$PY" -c 'import torch; print(torch.__version__)') already installed"

@@ -1,0 +1,241 @@
+"""Ray-casts a ``Scene`` into every SynthDrive target from the same hits.
+
+One primary ray per pixel; the nearest hit over the ground plane and every solid gives the
+label and instance ids, the camera depth and the surface normal, and the RGB is shaded from
+that same hit (per-class albedo and texture, Lambertian sun with cast shadows on the ground,
+distance haze, sensor noise). Each solid is only tested against the pixels of its projected
+bounding box, which keeps a 256×512 frame at a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from adperception.data.synth.camera import Camera, apply
+from adperception.data.synth.scene import LABEL, Scene, Texture
+
+NEAR = 0.05
+AMBIENT = 0.42
+DIFFUSE = 0.78
+SKY_HORIZON = np.array([0.78, 0.82, 0.86])
+SKY_ZENITH = np.array([0.33, 0.5, 0.78])
+ROAD = np.array([0.32, 0.32, 0.34])
+SIDEWALK = np.array([0.62, 0.6, 0.58])
+TERRAIN = np.array([0.42, 0.5, 0.26])
+GROUND_CLASSES = ("road", "sidewalk", "terrain")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The rendered targets: RGB uint8, label ids uint8, instanceIds uint16 (Cityscapes
+    encoding), camera depth float32 metres (0 = sky), camera-frame normals float32 (0 = sky)."""
+
+    image: np.ndarray
+    label_ids: np.ndarray
+    instance_ids: np.ndarray
+    depth: np.ndarray
+    normals: np.ndarray
+
+
+@lru_cache
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n, 1)
+
+
+def pixel_window(camera: Camera, points: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Rows and columns (v0, v1, u0, u1) covering the projection of the convex hull of points.
+
+    Segments between points that cross the camera's near plane are clipped to it, so a building
+    that starts behind the camera still gets a tight window. ``None`` when nothing is in front.
+    """
+    cam = apply(points - camera.origin, camera.rotation)
+    z = cam[:, 2]
+    i, j = _pairs(len(cam))
+    crossing = (z[i] - NEAR) * (z[j] - NEAR) < 0
+    i, j = i[crossing], j[crossing]
+    a = ((NEAR - z[i]) / (z[j] - z[i]))[:, None]
+    pts = np.concatenate([cam[z >= NEAR], cam[i] + a * (cam[j] - cam[i])])
+    if len(pts) == 0:
+        return None
+    u = camera.fx * pts[:, 0] / pts[:, 2] + camera.u0
+    v = camera.fy * pts[:, 1] / pts[:, 2] + camera.v0
+    u0, u1 = max(int(np.floor(u.min())), 0), min(int(np.ceil(u.max())) + 1, camera.width)
+    v0, v1 = max(int(np.floor(v.min())), 0), min(int(np.ceil(v.max())) + 1, camera.height)
+    if u0 >= u1 or v0 >= v1:
+        return None
+    return v0, v1, u0, u1
+
+
+def _hash(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Deterministic value noise in [0, 1) per integer cell (a, b)."""
+    x = np.sin(a * 12.9898 + b * 78.233) * 43758.5453
+    return x - np.floor(x)
+
+
+def _window_pixels(window: tuple[int, int, int, int], width: int) -> np.ndarray:
+    v0, v1, u0, u1 = window
+    return (np.arange(v0, v1)[:, None] * width + np.arange(u0, u1)[None, :]).ravel()
+
+
+def render(scene: Scene, rng: np.random.Generator) -> Frame:
+    """Renders ``scene``; ``rng`` only draws the sensor noise."""
+    camera = scene.camera
+    h, w = camera.height, camera.width
+    origin = camera.origin
+    rays = camera.rays().reshape(-1, 3)
+
+    # The ground plane y = 0, cut off at max_distance; beyond it and above the horizon: sky.
+    dy = rays[:, 1]
+    with np.errstate(divide="ignore"):
+        depth = np.where(dy > 1e-9, camera.mount_height / dy, np.inf)
+    depth[depth > scene.ground.max_distance] = np.inf
+    gx = origin[0] + depth * rays[:, 0]
+    road, walk = scene.ground.road, scene.ground.sidewalk
+    ground_class = np.where(
+        (gx >= road[0]) & (gx <= road[1]), 0, np.where((gx >= walk[0]) & (gx <= walk[1]), 1, 2)
+    )
+    # Object index per pixel: >= 0 scene.objects[i]; -2 road, -3 sidewalk, -4 terrain; -1 sky.
+    index = np.where(np.isfinite(depth), -2 - ground_class, -1)
+    normals = np.zeros((h * w, 3))
+    normals[:, 1] = np.where(np.isfinite(depth), -1.0, 0.0)
+
+    # Front to back, so that solids hidden behind nearer ones are skipped after a cheap test.
+    placed = []
+    for i, obj in enumerate(scene.objects):
+        corners = obj.solid.corners()
+        window = pixel_window(camera, corners)
+        if window is not None:
+            nearest = max(float(apply(corners - origin, camera.rotation)[:, 2].min()), 0.0)
+            placed.append((nearest, i, window))
+    for nearest, i, window in sorted(placed):
+        pixels = _window_pixels(window, w)
+        pixels = pixels[depth[pixels] > nearest]
+        if len(pixels) == 0:
+            continue
+        t, n = scene.objects[i].solid.intersect(origin, rays[pixels])
+        closer = t < depth[pixels]
+        pixels = pixels[closer]
+        depth[pixels] = t[closer]
+        index[pixels] = i
+        normals[pixels] = n[closer]
+
+    hit = index != -1
+    # Negative indices -4..-1 select terrain, sidewalk, road and sky from the tables' tails.
+    tail = [LABEL[name] for name in GROUND_CLASSES[::-1]] + [LABEL["sky"]]
+    label_table = np.array([o.label_id for o in scene.objects] + tail, dtype=np.int64)
+    instance_table = np.array([o.instance_id for o in scene.objects] + tail, dtype=np.int64)
+    depth = np.where(hit, depth, 0.0)
+    points = origin + depth[:, None] * rays
+
+    image = _shade(scene, index, points, normals, rays, hit)
+    distance = depth * np.sqrt((rays * rays).sum(axis=1))
+    fog = np.exp(-distance / scene.haze_distance)[:, None]
+    image = np.where(hit[:, None], image * fog + SKY_HORIZON * (1.0 - fog), image)
+    image = image * scene.exposure + rng.normal(0.0, 0.012, image.shape)
+    image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+    normals = np.where(hit[:, None], camera.to_camera_frame(normals), 0.0)
+    return Frame(
+        image=image.reshape(h, w, 3),
+        label_ids=label_table[index].astype(np.uint8).reshape(h, w),
+        instance_ids=instance_table[index].astype(np.uint16).reshape(h, w),
+        depth=depth.astype(np.float32).reshape(h, w),
+        normals=normals.astype(np.float32).reshape(h, w, 3),
+    )
+
+
+def _shade(
+    scene: Scene,
+    index: np.ndarray,
+    points: np.ndarray,
+    normals: np.ndarray,
+    rays: np.ndarray,
+    hit: np.ndarray,
+) -> np.ndarray:
+    """RGB in [0, 1] before haze: albedo × (ambient + sun), and the sky gradient (N×3)."""
+    objects = scene.objects
+    albedo_table = np.array([o.albedo for o in objects] + [TERRAIN, SIDEWALK, ROAD, SKY_ZENITH])
+    texture_table = np.array(
+        [o.texture for o in objects]
+        + [Texture.GRASS, Texture.PAVEMENT, Texture.ASPHALT, Texture.PLAIN]
+    )
+    albedo = albedo_table[index]
+    texture = texture_table[index]
+
+    def where(kind: Texture) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        pixels = np.flatnonzero(texture == kind)
+        x, y, z = points[pixels].T
+        return pixels, x, y, z
+
+    road = scene.ground.road
+    pixels, x, _, z = where(Texture.ASPHALT)
+    tone = np.broadcast_to(
+        (0.88 + 0.22 * _hash(np.floor(x * 6.0), np.floor(z * 6.0)))[:, None], (len(pixels), 3)
+    )
+    paint = np.zeros(len(pixels), dtype=bool)
+    for line in scene.ground.lane_lines:
+        paint |= (np.abs(x - line) < 0.08) & (np.mod(z, 9.0) < 3.0)
+    for edge in (road[0] + 0.25, road[1] - 0.25):
+        paint |= np.abs(x - edge) < 0.07
+    albedo[pixels] = np.where(paint[:, None], 0.82, albedo[pixels] * tone)
+
+    pixels, x, _, z = where(Texture.PAVEMENT)
+    tiles = (np.mod(x, 0.6) < 0.03) | (np.mod(z, 0.6) < 0.03)
+    tone = 0.93 + 0.1 * _hash(np.floor(x / 0.6), np.floor(z / 0.6)) - 0.12 * tiles
+    kerb = (np.abs(x - road[0]) < 0.15) | (np.abs(x - road[1]) < 0.15)
+    albedo[pixels] = np.where(kerb[:, None], 0.75, albedo[pixels] * tone[:, None])
+
+    pixels, x, _, z = where(Texture.GRASS)
+    albedo[pixels] *= (0.75 + 0.45 * _hash(np.floor(x * 3.0), np.floor(z * 3.0)))[:, None]
+
+    pixels, x, y, z = where(Texture.FOLIAGE)
+    leaves = _hash(np.floor(x * 4.0) + 57.0 * np.floor(y * 4.0), np.floor(z * 4.0))
+    albedo[pixels] *= (0.55 + 0.7 * leaves)[:, None]
+
+    pixels, x, y, z = where(Texture.FACADE)
+    along = np.mod(np.where(np.abs(normals[pixels, 0]) > 0.5, z, x), 3.2)
+    up = -y
+    window = (
+        (along > 0.8)
+        & (along < 2.4)
+        & (np.mod(up, 3.0) > 0.9)
+        & (np.mod(up, 3.0) < 2.3)
+        & (up > 2.5)
+    )
+    albedo[pixels[window]] = (0.16, 0.2, 0.26)
+
+    sun = np.asarray(scene.sun)
+    lit = np.clip(np.einsum("ij,j->i", normals, sun), 0.0, None) * _sunlit_ground(
+        scene, index, points
+    )
+    image = albedo * (AMBIENT + DIFFUSE * lit)[:, None]
+
+    sky = ~hit
+    elevation = np.clip(-rays[sky, 1] / np.sqrt((rays[sky] ** 2).sum(axis=1)), 0.0, 1.0)
+    image[sky] = np.clip(
+        SKY_HORIZON + (SKY_ZENITH - SKY_HORIZON) * 1.6 * np.sqrt(elevation)[:, None], 0.0, 1.0
+    )
+    return image
+
+
+def _sunlit_ground(scene: Scene, index: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """1 where the ground sees the sun, 0 in the cast shadow of a solid (shadow rays)."""
+    camera = scene.camera
+    lit = np.ones(len(index))
+    ground = index <= -2
+    sun = np.asarray(scene.sun)
+    for obj in scene.objects:
+        corners = obj.solid.corners()
+        shadow = corners - (corners[:, 1] / sun[1])[:, None] * sun
+        window = pixel_window(camera, np.concatenate([corners, shadow]))
+        if window is None:
+            continue
+        pixels = _window_pixels(window, camera.width)
+        pixels = pixels[ground[pixels] & (lit[pixels] > 0)]
+        if len(pixels) == 0:
+            continue
+        t, _ = obj.solid.intersect(points[pixels], np.broadcast_to(sun, (len(pixels), 3)))
+        lit[pixels[np.isfinite(t)]] = 0.0
+    return lit
