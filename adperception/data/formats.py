@@ -63,8 +63,8 @@ def disparity_png_to_depth(code: np.ndarray, baseline: float, fx: float) -> np.n
 
 def encode_normals_png(normals: np.ndarray) -> np.ndarray:
     """Encode H×W×3 unit normals (all-zero = invalid) as uint16 RGB."""
-    normals = np.asarray(normals, dtype=np.float64)
-    code = np.round((np.clip(normals, -1.0, 1.0) + 1.0) * 0.5 * NORMALS_SCALE)
+    normals = np.asarray(normals, dtype=np.float32)  # float32 resolves 1/65535 steps exactly
+    code = np.round((np.clip(normals, -1.0, 1.0) + 1.0) * np.float32(0.5 * NORMALS_SCALE))
     code[~np.any(normals != 0, axis=-1)] = 0
     return code.astype(np.uint16)
 

@@ -236,3 +236,64 @@ def test_cli_writes_the_layout_and_refuses_other_settings(tmp_path: Path) -> Non
         assert len(list((out / folder / "synthdrive").iterdir())) == n, folder
     clash = subprocess.run([*cmd, "--seed", "1"], capture_output=True, text=True, cwd=ROOT)
     assert clash.returncode == 2 and "other settings" in clash.stderr
+
+
+def test_turned_box_pixels_lie_on_its_faces_with_their_normals() -> None:
+    camera = Camera.cityscapes(W, H, pitch=0.0)
+    yaw, centre, half = 0.5, np.array([0.5, -0.8, 10.0]), np.array([0.9, 0.7, 2.2])
+    car = SceneObject(
+        Box(tuple(centre), tuple(half), yaw),
+        LABEL["car"],
+        LABEL["car"] * INSTANCE_OFFSET,
+        (0.5, 0.1, 0.1),
+    )
+    frame = render(empty_scene(camera, car), np.random.default_rng(0))
+    on_box = frame.label_ids == LABEL["car"]
+    assert on_box.sum() > 100
+    a, b = pixel_grid(camera)
+    points = frame.depth[on_box, None] * np.stack([a, b, np.ones_like(a)], axis=-1)[on_box]
+    turn = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+    centre_cam = centre + [0.0, camera.mount_height, 0.0]
+    local = (points - centre_cam) @ turn  # box frame: world = turn @ local
+    scaled = np.abs(local) / half
+    np.testing.assert_allclose(scaled.max(axis=1), 1.0, atol=1e-4)
+    face = scaled.argmax(axis=1)
+    expected_local = np.zeros_like(local)
+    expected_local[np.arange(len(face)), face] = np.sign(local[np.arange(len(face)), face])
+    np.testing.assert_allclose(frame.normals[on_box], expected_local @ turn.T, atol=1e-5)
+
+
+def test_generated_tree_reads_back_through_the_reader_and_pipeline(tmp_path: Path) -> None:
+    from adperception.data.datasets import SynthDrive
+    from adperception.data.datasets.cityscapes import DET_CLASSES, TRAIN_ID_LUT
+
+    generate_dataset(tmp_path, {"val": 2}, seed=5, height=H, width=W)
+    pipeline = [dict(type="RandomFlip", prob=1.0), dict(type="PackMTLInputs")]
+    dataset = SynthDrive(data_root=str(tmp_path), split="val", pipeline=pipeline)
+    assert len(dataset) == 2 and dataset.tasks == ("det", "seg", "depth", "normals")
+    for idx in range(2):
+        frame = generate_sample(5, "val", idx, height=H, width=W)[1]
+        raw = dataset.get_raw_sample(idx)
+        np.testing.assert_array_equal(raw["img"], frame.image)
+        np.testing.assert_array_equal(raw["gt_seg_map"], TRAIN_ID_LUT[frame.label_ids])
+        np.testing.assert_allclose(raw["gt_depth_map"], frame.depth, rtol=0.02)
+        # One box per rendered instance, bounding exactly its visible pixels.
+        inst = frame.instance_ids
+        expected = set()
+        for value in np.unique(inst[inst >= INSTANCE_OFFSET]):
+            rows, cols = np.nonzero(inst == value)
+            name = next(n for n, i in LABEL.items() if i == value // INSTANCE_OFFSET)
+            box = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+            expected.add((*box, DET_CLASSES.index(name)))
+        got = {
+            (*box.astype(int).tolist(), int(label))
+            for box, label in zip(raw["gt_bboxes"], raw["gt_bboxes_labels"], strict=True)
+        }
+        assert got == expected and len(raw["gt_bboxes"]) == len(expected)
+        packed = dataset[idx]
+        assert packed["inputs"].shape == (3, H, W)
+        np.testing.assert_array_equal(
+            packed["inputs"].permute(1, 2, 0).numpy(), frame.image[:, ::-1]
+        )
+        normals = packed["data_samples"].gt_normals.data.permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(normals[..., 0], -raw["gt_normals_map"][:, ::-1, 0], atol=1e-6)

@@ -76,13 +76,10 @@ class Camera:
         Pixel (row v, column u) looks along camera direction ((u - u0)/fx, (v - v0)/fy, 1): pixel
         centres sit on integer coordinates, as in OpenCV and Cityscapes' calibration.
         """
-        u = (np.arange(self.width) - self.u0) / self.fx
-        v = (np.arange(self.height) - self.v0) / self.fy
-        cam = np.empty((self.height, self.width, 3))
-        cam[..., 0] = u[None, :]
-        cam[..., 1] = v[:, None]
-        cam[..., 2] = 1.0
-        return apply(cam, self.rotation.T)
+        u = ((np.arange(self.width) - self.u0) / self.fx)[None, :]
+        v = ((np.arange(self.height) - self.v0) / self.fy)[:, None]
+        r = self.rotation.tolist()
+        return np.stack([r[k][0] * u + r[k][1] * v + r[k][2] for k in range(3)], axis=-1)
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Level-frame points (N×3) to pixel columns, rows and camera depths."""
@@ -93,7 +90,8 @@ class Camera:
 
     def to_camera_frame(self, vectors: np.ndarray) -> np.ndarray:
         """Rotate level-frame direction vectors (…×3) into the camera frame."""
-        return apply(vectors, self.rotation)
+        r = self.rotation.tolist()  # Python floats keep float32 vectors float32
+        return np.stack([sum(vectors[..., i] * r[i][k] for i in range(3)) for k in range(3)], -1)
 
     def to_json(self) -> dict:
         """The sample's ``*_camera.json`` in Cityscapes' schema."""

@@ -7,6 +7,7 @@ origin (``inf`` where the ray misses) and the outward unit normal there (N×3).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,23 +37,27 @@ class Box:
         )
 
     def intersect(self, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rot = _yaw_matrix(self.yaw)
-        o = apply(origins - np.asarray(self.center), rot)
-        d = apply(dirs, rot)
-        half = np.asarray(self.half)
+        # Slab test in the box frame, one column at a time (3-wide rows make reductions slow).
+        c, s = math.cos(self.yaw), math.sin(self.yaw)  # Python floats keep float32 float32
+        rel = np.broadcast_to(origins - np.asarray(self.center, dirs.dtype), dirs.shape)
+        o = (c * rel[:, 0] - s * rel[:, 2], rel[:, 1], s * rel[:, 0] + c * rel[:, 2])
+        d = (c * dirs[:, 0] - s * dirs[:, 2], dirs[:, 1], s * dirs[:, 0] + c * dirs[:, 2])
+        t_in, t_out = [], []
         with np.errstate(divide="ignore", invalid="ignore"):
-            inv = 1.0 / d
-            t1 = (-half - o) * inv
-            t2 = (half - o) * inv
-        t_in = np.minimum(t1, t2)
-        t_near = t_in.max(axis=-1)
-        t_far = np.maximum(t1, t2).min(axis=-1)
+            for oa, da, half in zip(o, d, self.half, strict=True):
+                inv = 1.0 / da
+                t1, t2 = (-half - oa) * inv, (half - oa) * inv
+                t_in.append(np.minimum(t1, t2))
+                t_out.append(np.maximum(t1, t2))
+        t_near = np.maximum(np.maximum(t_in[0], t_in[1]), t_in[2])
+        t_far = np.minimum(np.minimum(t_out[0], t_out[1]), t_out[2])
         hit = (t_near <= t_far) & (t_near > EPS)
-        axis = t_in.argmax(axis=-1)
-        local = np.zeros_like(d)
-        rows = np.arange(len(d))
-        local[rows, axis] = -np.sign(d[rows, axis])
-        return np.where(hit, t_near, np.inf), apply(local, rot.T)
+        # The entry face is the slab whose entry parameter is the largest.
+        nx = np.where(t_in[0] == t_near, -np.sign(d[0]), 0.0)
+        ny = np.where((t_in[1] == t_near) & (nx == 0), -np.sign(d[1]), 0.0)
+        nz = np.where((nx == 0) & (ny == 0), -np.sign(d[2]), 0.0)
+        normals = np.stack([c * nx + s * nz, ny, -s * nx + c * nz], axis=1).astype(dirs.dtype)
+        return np.where(hit, t_near, np.inf), normals
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class Sphere:
         return Box(self.center, (self.radius,) * 3).corners()
 
     def intersect(self, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        oc = origins - np.asarray(self.center)
+        oc = origins - np.asarray(self.center, dirs.dtype)
         a = np.einsum("ij,ij->i", dirs, dirs)
         b = (dirs * oc).sum(axis=-1)
         c = (oc * oc).sum(axis=-1) - self.radius**2
@@ -74,7 +79,9 @@ class Sphere:
         hit = (disc >= 0) & (t > EPS)
         t = np.where(hit, t, np.inf)
         points = origins + np.where(hit, t, 0.0)[:, None] * dirs
-        return t, (points - np.asarray(self.center)) / self.radius
+        normals = points - np.asarray(self.center, dirs.dtype)
+        # Normalised rather than divided by the radius: float32 hits are not exactly on it.
+        return t, normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ class Cylinder:
         normals[:, 0] = np.where(hit_side, (ox + t_hit * dx) / self.radius, 0.0)
         normals[:, 2] = np.where(hit_side, (oz + t_hit * dz) / self.radius, 0.0)
         normals[:, 1] = np.where(use_cap, -1.0, 0.0)
-        return t, normals
+        return t, normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
 
 
 Solid = Box | Sphere | Cylinder

@@ -20,11 +20,11 @@ from adperception.data.synth.scene import LABEL, Scene, Texture
 NEAR = 0.05
 AMBIENT = 0.42
 DIFFUSE = 0.78
-SKY_HORIZON = np.array([0.78, 0.82, 0.86])
-SKY_ZENITH = np.array([0.33, 0.5, 0.78])
-ROAD = np.array([0.32, 0.32, 0.34])
-SIDEWALK = np.array([0.62, 0.6, 0.58])
-TERRAIN = np.array([0.42, 0.5, 0.26])
+SKY_HORIZON = np.array([0.78, 0.82, 0.86], dtype=np.float32)
+SKY_ZENITH = np.array([0.33, 0.5, 0.78], dtype=np.float32)
+ROAD = np.array([0.32, 0.32, 0.34], dtype=np.float32)
+SIDEWALK = np.array([0.62, 0.6, 0.58], dtype=np.float32)
+TERRAIN = np.array([0.42, 0.5, 0.26], dtype=np.float32)
 GROUND_CLASSES = ("road", "sidewalk", "terrain")
 
 
@@ -45,28 +45,39 @@ def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(n, 1)
 
 
-def pixel_window(camera: Camera, points: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Rows and columns (v0, v1, u0, u1) covering the projection of the convex hull of points.
+def pixel_windows(camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel windows (v0, v1, u0, u1) covering the projections of N convex hulls (N×K×3 points).
 
     Segments between points that cross the camera's near plane are clipped to it, so a building
-    that starts behind the camera still gets a tight window. ``None`` when nothing is in front.
+    that starts behind the camera still gets a tight window. Returns the N×4 windows and a mask
+    of the hulls that are in front of the camera and inside the image.
     """
     cam = apply(points - camera.origin, camera.rotation)
-    z = cam[:, 2]
-    i, j = _pairs(len(cam))
-    crossing = (z[i] - NEAR) * (z[j] - NEAR) < 0
-    i, j = i[crossing], j[crossing]
-    a = ((NEAR - z[i]) / (z[j] - z[i]))[:, None]
-    pts = np.concatenate([cam[z >= NEAR], cam[i] + a * (cam[j] - cam[i])])
-    if len(pts) == 0:
-        return None
-    u = camera.fx * pts[:, 0] / pts[:, 2] + camera.u0
-    v = camera.fy * pts[:, 1] / pts[:, 2] + camera.v0
-    u0, u1 = max(int(np.floor(u.min())), 0), min(int(np.ceil(u.max())) + 1, camera.width)
-    v0, v1 = max(int(np.floor(v.min())), 0), min(int(np.ceil(v.max())) + 1, camera.height)
-    if u0 >= u1 or v0 >= v1:
-        return None
-    return v0, v1, u0, u1
+    z = cam[..., 2]
+    i, j = _pairs(points.shape[1])
+    crossing = (z[:, i] - NEAR) * (z[:, j] - NEAR) < 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = (NEAR - z[:, i]) / (z[:, j] - z[:, i])
+        clipped = cam[:, i] + a[..., None] * (cam[:, j] - cam[:, i])
+        pts = np.concatenate([cam, clipped], axis=1)
+        valid = np.concatenate([z >= NEAR, crossing], axis=1)
+        u = camera.fx * pts[..., 0] / pts[..., 2] + camera.u0
+        v = camera.fy * pts[..., 1] / pts[..., 2] + camera.v0
+    windows = np.stack(
+        [
+            np.floor(np.where(valid, v, np.inf).min(axis=1)),
+            np.ceil(np.where(valid, v, -np.inf).max(axis=1)) + 1,
+            np.floor(np.where(valid, u, np.inf).min(axis=1)),
+            np.ceil(np.where(valid, u, -np.inf).max(axis=1)) + 1,
+        ],
+        axis=1,
+    )
+    ok = valid.any(axis=1)
+    windows[~ok] = 0
+    limits = [camera.height, camera.height, camera.width, camera.width]
+    windows = np.clip(windows, 0, limits).astype(np.int64)
+    ok &= (windows[:, 0] < windows[:, 1]) & (windows[:, 2] < windows[:, 3])
+    return windows, ok
 
 
 def _hash(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -85,12 +96,13 @@ def render(scene: Scene, rng: np.random.Generator) -> Frame:
     camera = scene.camera
     h, w = camera.height, camera.width
     origin = camera.origin
-    rays = camera.rays().reshape(-1, 3)
+    origin = origin.astype(np.float32)
+    rays = camera.rays().reshape(-1, 3).astype(np.float32)
 
     # The ground plane y = 0, cut off at max_distance; beyond it and above the horizon: sky.
     dy = rays[:, 1]
     with np.errstate(divide="ignore"):
-        depth = np.where(dy > 1e-9, camera.mount_height / dy, np.inf)
+        depth = np.where(dy > 1e-9, np.float32(camera.mount_height) / dy, np.float32(np.inf))
     depth[depth > scene.ground.max_distance] = np.inf
     gx = origin[0] + depth * rays[:, 0]
     road, walk = scene.ground.road, scene.ground.sidewalk
@@ -99,20 +111,16 @@ def render(scene: Scene, rng: np.random.Generator) -> Frame:
     )
     # Object index per pixel: >= 0 scene.objects[i]; -2 road, -3 sidewalk, -4 terrain; -1 sky.
     index = np.where(np.isfinite(depth), -2 - ground_class, -1)
-    normals = np.zeros((h * w, 3))
+    normals = np.zeros((h * w, 3), dtype=np.float32)
     normals[:, 1] = np.where(np.isfinite(depth), -1.0, 0.0)
 
     # Front to back, so that solids hidden behind nearer ones are skipped after a cheap test.
-    placed = []
-    for i, obj in enumerate(scene.objects):
-        corners = obj.solid.corners()
-        window = pixel_window(camera, corners)
-        if window is not None:
-            nearest = max(float(apply(corners - origin, camera.rotation)[:, 2].min()), 0.0)
-            placed.append((nearest, i, window))
-    for nearest, i, window in sorted(placed):
-        pixels = _window_pixels(window, w)
-        pixels = pixels[depth[pixels] > nearest]
+    corners = np.array([obj.solid.corners() for obj in scene.objects]).reshape(-1, 8, 3)
+    windows, visible = pixel_windows(camera, corners)
+    nearest = np.maximum(apply(corners - camera.origin, camera.rotation)[..., 2].min(axis=1), 0)
+    for i in np.flatnonzero(visible)[np.argsort(nearest[visible], kind="stable")]:
+        pixels = _window_pixels(windows[i], w)
+        pixels = pixels[depth[pixels] > nearest[i]]
         if len(pixels) == 0:
             continue
         t, n = scene.objects[i].solid.intersect(origin, rays[pixels])
@@ -130,11 +138,11 @@ def render(scene: Scene, rng: np.random.Generator) -> Frame:
     depth = np.where(hit, depth, 0.0)
     points = origin + depth[:, None] * rays
 
-    image = _shade(scene, index, points, normals, rays, hit)
+    image = _shade(scene, corners, index, points, normals, rays, hit)
     distance = depth * np.sqrt((rays * rays).sum(axis=1))
     fog = np.exp(-distance / scene.haze_distance)[:, None]
     image = np.where(hit[:, None], image * fog + SKY_HORIZON * (1.0 - fog), image)
-    image = image * scene.exposure + rng.normal(0.0, 0.012, image.shape)
+    image = image * scene.exposure + 0.012 * rng.standard_normal(image.shape, dtype=np.float32)
     image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
     normals = np.where(hit[:, None], camera.to_camera_frame(normals), 0.0)
     return Frame(
@@ -148,6 +156,7 @@ def render(scene: Scene, rng: np.random.Generator) -> Frame:
 
 def _shade(
     scene: Scene,
+    corners: np.ndarray,
     index: np.ndarray,
     points: np.ndarray,
     normals: np.ndarray,
@@ -156,7 +165,9 @@ def _shade(
 ) -> np.ndarray:
     """RGB in [0, 1] before haze: albedo × (ambient + sun), and the sky gradient (N×3)."""
     objects = scene.objects
-    albedo_table = np.array([o.albedo for o in objects] + [TERRAIN, SIDEWALK, ROAD, SKY_ZENITH])
+    albedo_table = np.array(
+        [o.albedo for o in objects] + [TERRAIN, SIDEWALK, ROAD, SKY_ZENITH], dtype=np.float32
+    )
     texture_table = np.array(
         [o.texture for o in objects]
         + [Texture.GRASS, Texture.PAVEMENT, Texture.ASPHALT, Texture.PLAIN]
@@ -206,10 +217,10 @@ def _shade(
     )
     albedo[pixels[window]] = (0.16, 0.2, 0.26)
 
-    sun = np.asarray(scene.sun)
-    lit = np.clip(np.einsum("ij,j->i", normals, sun), 0.0, None) * _sunlit_ground(
-        scene, index, points
-    )
+    sun = np.asarray(scene.sun, dtype=np.float32)
+    lit = np.clip(
+        normals[:, 0] * sun[0] + normals[:, 1] * sun[1] + normals[:, 2] * sun[2], 0, None
+    ) * _sunlit_ground(scene, corners, index, points)
     image = albedo * (AMBIENT + DIFFUSE * lit)[:, None]
 
     sky = ~hit
@@ -220,22 +231,28 @@ def _shade(
     return image
 
 
-def _sunlit_ground(scene: Scene, index: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """1 where the ground sees the sun, 0 in the cast shadow of a solid (shadow rays)."""
+def _sunlit_ground(
+    scene: Scene, corners: np.ndarray, index: np.ndarray, points: np.ndarray
+) -> np.ndarray:
+    """1 where the ground sees the sun, 0 in the cast shadow of a solid (shadow rays).
+
+    ``corners`` (N×8×3) bound the solids; a solid's shadow on the ground lies in the hull of its
+    corners and their projections along the sun onto y = 0.
+    """
     camera = scene.camera
-    lit = np.ones(len(index))
+    lit = np.ones(len(index), dtype=np.float32)
     ground = index <= -2
     sun = np.asarray(scene.sun)
-    for obj in scene.objects:
-        corners = obj.solid.corners()
-        shadow = corners - (corners[:, 1] / sun[1])[:, None] * sun
-        window = pixel_window(camera, np.concatenate([corners, shadow]))
-        if window is None:
-            continue
-        pixels = _window_pixels(window, camera.width)
+    shadows = corners - (corners[..., 1:2] / sun[1]) * sun
+    windows, visible = pixel_windows(camera, np.concatenate([corners, shadows], axis=1))
+    sun = sun.astype(np.float32)
+    for i in np.flatnonzero(visible):
+        pixels = _window_pixels(windows[i], camera.width)
         pixels = pixels[ground[pixels] & (lit[pixels] > 0)]
         if len(pixels) == 0:
             continue
-        t, _ = obj.solid.intersect(points[pixels], np.broadcast_to(sun, (len(pixels), 3)))
+        t, _ = scene.objects[i].solid.intersect(
+            points[pixels], np.broadcast_to(sun, (len(pixels), 3))
+        )
         lit[pixels[np.isfinite(t)]] = 0.0
     return lit

@@ -1,0 +1,240 @@
+"""Find every problem of a dataset on disk in one pass, before a training run trips on one.
+
+The readers stop at a sample's first bad file; the checker reads every file of every sample with
+the same decoding functions, and adds what a reader tolerates but a dataset should not have:
+files without an image, instance ids of classes that have no instances, normals codes that are
+not unit vectors.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cityscapesscripts.helpers.labels import id2label
+from mmengine.config import Config
+
+from adperception.data import formats
+from adperception.data.datasets import cityscapes, nyuv2
+from adperception.data.datasets.cityscapes import CityscapesMTL
+from adperception.data.datasets.nyuv2 import NYUv2MTL
+from adperception.data.formats import DataFileError
+from adperception.registry import DATASETS
+
+#: A unit normal's code decodes to norm 1 within sqrt(3) code steps (2 / 65535 each).
+NORMALS_NORM_TOLERANCE = 1e-3
+LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem with one file (which may be a file that should exist and does not)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    """One sample's files: those that exist, and those its split says it should have."""
+
+    layout: str
+    files: dict[str, str]
+    missing: dict[str, str]
+
+
+def dataset_cfgs(source: str, splits: Sequence[str] | None = None) -> list[dict]:
+    """Dataset configs (``type``, ``data_root``, ``split``, ``pipeline``) named by ``source``.
+
+    ``source`` is an mmengine config (its train/val/test dataloaders' datasets, unwrapped from
+    dataset wrappers, each once) or a dataset root whose layout is detected (every split on
+    disk). ``splits`` keeps only those splits.
+    """
+    if os.path.isfile(source):
+        cfg = Config.fromfile(source)
+        found = []
+        for loader in LOADERS:
+            dataset = cfg.get(loader, None) and cfg[loader].get("dataset", None)
+            while dataset is not None and "dataset" in dataset:
+                dataset = dataset["dataset"]
+            if dataset is None:
+                continue
+            cls = DATASETS.get(dataset["type"])
+            if cls is None:
+                raise DataFileError(f"{source}: unknown dataset type {dataset['type']!r}")
+            defaults = inspect.signature(cls).parameters
+            found.append(
+                dict(
+                    type=dataset["type"],
+                    data_root=dataset.get("data_root", defaults["data_root"].default),
+                    split=dataset.get("split", defaults["split"].default),
+                    pipeline=list(dataset.get("pipeline", [])),
+                )
+            )
+    elif os.path.isdir(source):
+        dataset_type, available = _detect_layout(source)
+        found = [
+            dict(type=dataset_type, data_root=source, split=split, pipeline=[])
+            for split in available
+        ]
+    else:
+        raise DataFileError(f"{source}: neither a config file nor a dataset folder")
+    unique = {(d["type"], os.path.normpath(d["data_root"]), d["split"]): d for d in found}
+    chosen = [d for d in unique.values() if splits is None or d["split"] in splits]
+    if not chosen:
+        raise DataFileError(f"{source}: no dataset of split(s) {list(splits or [])}")
+    return chosen
+
+
+def _detect_layout(root: str) -> tuple[str, list[str]]:
+    """``('CityscapesMTL' or 'NYUv2MTL', splits on disk)`` of a dataset root."""
+    if os.path.isdir(os.path.join(root, formats.FOLDERS[formats.IMAGE_SUFFIX])):
+        folders = {os.path.join(root, folder) for folder in formats.FOLDERS.values()}
+        splits = {
+            split
+            for folder in folders
+            if os.path.isdir(folder)
+            for split in os.listdir(folder)
+            if os.path.isdir(os.path.join(folder, split))
+        }
+        return "CityscapesMTL", sorted(splits)
+    splits = {
+        split
+        for split in os.listdir(root)
+        if any(os.path.isdir(os.path.join(root, split, f)) for f in nyuv2.KINDS.values())
+    }
+    if splits:
+        return "NYUv2MTL", sorted(splits)
+    raise DataFileError(
+        f"{root}: neither the Cityscapes layout (leftImg8bit/...) nor the NYUv2 layout "
+        "({split}/image/...)"
+    )
+
+
+def collect_samples(source: str, splits: Sequence[str] | None = None) -> list[SampleFiles]:
+    """Every sample of ``source`` (see ``dataset_cfgs``) that has any file, image or not."""
+    samples = []
+    for cfg in dataset_cfgs(source, splits):
+        cls = DATASETS.get(cfg["type"])
+        root, split = cfg["data_root"], cfg["split"]
+        if issubclass(cls, NYUv2MTL):
+            found = nyuv2.scan_split(root, split)
+            kinds = {key for files in found.values() for key in files} | {"img_path"}
+            for i, files in found.items():
+                missing = {
+                    key: os.path.join(root, split, nyuv2.KINDS[key], f"{i}.npy")
+                    for key in kinds - files.keys()
+                }
+                samples.append(SampleFiles("nyuv2", files, missing))
+        elif issubclass(cls, CityscapesMTL):
+            found = cityscapes.scan_split(root, split)
+            kinds = {key for files in found.values() for key in files} | {"img_path"}
+            for (city, stem), files in found.items():
+                expected = kinds | ({"camera_path"} if "disparity_path" in files else set())
+                missing = {
+                    key: cityscapes.sample_path(root, split, city, stem, cityscapes.KINDS[key])
+                    for key in expected - files.keys()
+                }
+                samples.append(SampleFiles("cityscapes", files, missing))
+        else:
+            raise DataFileError(f"{source}: no checker for dataset type {cfg['type']}")
+        if not found:
+            raise DataFileError(f"{root}: no files of split '{split}'")
+    return samples
+
+
+def check_sample(sample: SampleFiles) -> list[Problem]:
+    """All problems of one sample, at most one per file."""
+    if "img_path" in sample.missing:
+        present = ", ".join(sorted(sample.files.values()))
+        return [Problem(sample.missing["img_path"], f"image is missing, but {present} exist(s)")]
+    problems = []
+    for key, path in sorted(sample.missing.items()):
+        if key == "camera_path" and "disparity_path" in sample.files:
+            problems.append(Problem(path, f"missing: {sample.files['disparity_path']} needs it"))
+        else:
+            problems.append(Problem(path, "missing, while other samples of the split have one"))
+    readers = _CITYSCAPES_CHECKS if sample.layout == "cityscapes" else _NYUV2_CHECKS
+    image_path = sample.files["img_path"]
+    shape = None
+    if os.path.getsize(image_path) == 0:
+        problems.append(Problem(image_path, "empty file (0 bytes)"))
+    else:
+        try:
+            shape = readers["img_path"](image_path).shape[:2]
+        except DataFileError as err:
+            problems.append(_problem(image_path, err))
+    for key, path in sorted(sample.files.items()):
+        if key == "img_path":
+            continue
+        if os.path.getsize(path) == 0:
+            problems.append(Problem(path, "empty file (0 bytes)"))
+            continue
+        try:
+            readers[key](path, shape)
+        except DataFileError as err:
+            problems.append(_problem(path, err))
+    return problems
+
+
+def check_dataset(source: str, splits: Sequence[str] | None = None) -> list[Problem]:
+    """All problems of a dataset root or of the datasets of an mmengine config."""
+    return [p for sample in collect_samples(source, splits) for p in check_sample(sample)]
+
+
+def _problem(path: str, err: DataFileError) -> Problem:
+    message = str(err)
+    prefix = f"{path}: "
+    return Problem(path, message[len(prefix) :] if message.startswith(prefix) else message)
+
+
+def _check_instance_ids(path: str, shape: tuple[int, int] | None) -> None:
+    instance_ids = cityscapes.read_instance_ids(path, shape)
+    values = np.unique(instance_ids)
+    stuff = values[values < formats.INSTANCE_OFFSET]
+    classes = np.unique(values[values >= formats.INSTANCE_OFFSET] // formats.INSTANCE_OFFSET)
+    unknown = [int(v) for v in stuff if int(v) not in id2label]
+    if unknown:
+        raise DataFileError(f"{path}: label ids {unknown} are not in cityscapesscripts")
+    no_instances = [
+        int(c) for c in classes if int(c) not in id2label or not id2label[int(c)].hasInstances
+    ]
+    if no_instances:
+        raise DataFileError(
+            f"{path}: instance ids (>= 1000) of class ids {no_instances}, which have no instances"
+        )
+
+
+def _check_normals(path: str, shape: tuple[int, int] | None) -> None:
+    code = cityscapes.read_normals_code(path, shape)
+    valid = np.any(code != 0, axis=-1)
+    norm = np.linalg.norm(code[valid].astype(np.float64) / formats.NORMALS_SCALE * 2 - 1, axis=-1)
+    error = np.abs(norm - 1.0)
+    bad = int((error > NORMALS_NORM_TOLERANCE).sum())
+    if bad:
+        raise DataFileError(
+            f"{path}: {bad} pixel(s) do not encode unit normals "
+            f"(|norm - 1| up to {error.max():.3g})"
+        )
+
+
+_CITYSCAPES_CHECKS: dict[str, Callable] = {
+    "img_path": cityscapes.read_image,
+    "label_ids_path": cityscapes.read_label_ids,
+    "instance_ids_path": _check_instance_ids,
+    "disparity_path": cityscapes.read_disparity,
+    "camera_path": lambda path, shape: cityscapes.read_camera(path),
+    "normals_path": _check_normals,
+}
+_NYUV2_CHECKS: dict[str, Callable] = {
+    "img_path": nyuv2.read_image,
+    "label_path": nyuv2.read_label,
+    "depth_path": nyuv2.read_depth,
+    "normal_path": nyuv2.read_normals,
+}

@@ -1,0 +1,159 @@
+"""The dataset checker finds every planted problem once, and nothing on clean trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adperception.data import formats
+from adperception.data.check import Problem, check_dataset, dataset_cfgs
+from adperception.data.formats import DataFileError
+from tests.data import fixtures
+from tests.data.fixtures import H, W
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / "check_dataset.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+
+
+def plant_problems(root: Path) -> dict[str, str]:
+    """A Cityscapes tree with one problem in each of several files: path -> message fragment."""
+    written = fixtures.write_cityscapes_tree(root, split="train", num=9)
+    fixtures.write_cityscapes_tree(root, split="val", num=1)
+    planted = {}
+
+    path = written[0].paths[formats.IMAGE_SUFFIX]
+    fixtures.truncate(path)
+    planted[path] = "cannot be decoded"
+
+    path = written[1].paths[formats.DISPARITY_SUFFIX]
+    formats.write_png(path, np.full((H, W), 7, np.uint8))
+    planted[path] = "expected uint16"
+
+    path = written[2].paths[formats.CAMERA_SUFFIX]
+    with open(path, "w") as f:
+        json.dump({"extrinsic": {"x": 1.0}, "intrinsic": {"fx": 2000.0}}, f)
+    planted[path] = "lacks extrinsic.baseline"
+
+    path = written[3].paths[formats.LABEL_IDS_SUFFIX]
+    formats.write_png(path, np.zeros((H + 1, W), np.uint8))
+    planted[path] = f"size {H + 1}x{W} differs from the image's {H}x{W}"
+
+    path = written[4].paths[formats.INSTANCE_IDS_SUFFIX]
+    instance_ids = written[4].instance_ids.copy()
+    instance_ids[0, 0] = 23001  # sky has no instances
+    formats.write_png(path, instance_ids)
+    planted[path] = "class ids [23]"
+
+    path = written[5].paths[formats.NORMALS_SUFFIX]
+    code = formats.encode_normals_png(written[5].normals)
+    code[4, 4] = (65535, 65535, 65535)  # decodes to (1, 1, 1): not a unit vector
+    formats.write_png(path, code)
+    planted[path] = "1 pixel(s) do not encode unit normals"
+
+    os.remove(written[6].paths[formats.CAMERA_SUFFIX])
+    planted[written[6].paths[formats.CAMERA_SUFFIX]] = "_disparity.png needs it"
+
+    os.remove(written[7].paths[formats.IMAGE_SUFFIX])
+    planted[written[7].paths[formats.IMAGE_SUFFIX]] = "image is missing, but"
+
+    path = written[8].paths[formats.LABEL_IDS_SUFFIX]
+    open(path, "wb").close()
+    planted[path] = "empty file (0 bytes)"
+    return planted
+
+
+def test_checker_reports_each_planted_problem_once(tmp_path: Path) -> None:
+    planted = plant_problems(tmp_path)
+    problems = check_dataset(str(tmp_path))
+    assert sorted(p.path for p in problems) == sorted(planted)
+    for problem in problems:
+        assert planted[problem.path] in problem.message, problem
+
+
+def test_checker_finds_nothing_on_clean_trees(tmp_path: Path) -> None:
+    fixtures.write_cityscapes_tree(tmp_path / "cityscapes", split="train")
+    fixtures.write_cityscapes_tree(tmp_path / "cityscapes", split="test")
+    fixtures.write_nyuv2_tree(tmp_path / "nyuv2", split="val")
+    assert check_dataset(str(tmp_path / "cityscapes")) == []
+    assert check_dataset(str(tmp_path / "nyuv2")) == []
+
+
+def test_checker_on_nyuv2(tmp_path: Path) -> None:
+    fixtures.write_nyuv2_tree(tmp_path, split="train", num=3)
+    label = str(tmp_path / "train" / "label" / "0.npy")
+    np.save(label, np.full((H, W), 20.0, np.float32))
+    depth = str(tmp_path / "train" / "depth" / "1.npy")
+    fixtures.truncate(depth)
+    normal = str(tmp_path / "train" / "normal" / "2.npy")
+    os.remove(normal)
+    expected = {
+        label: "label values must be 0..12 or -1, found [20.0]",
+        depth: "not a readable .npy (truncated or corrupt",
+        normal: "missing, while other samples of the split have one",
+    }
+    problems = check_dataset(str(tmp_path))
+    assert sorted(p.path for p in problems) == sorted(expected)
+    for problem in problems:
+        assert expected[problem.path] in problem.message, problem
+
+
+def test_checker_reads_the_datasets_of_a_config(tmp_path: Path) -> None:
+    fixtures.write_cityscapes_tree(tmp_path / "data", split="train")
+    fixtures.write_cityscapes_tree(tmp_path / "data", split="val", num=1)
+    (written,) = fixtures.write_cityscapes_tree(tmp_path / "data", split="test", num=1)
+    fixtures.truncate(written.paths[formats.DISPARITY_SUFFIX])
+    config = tmp_path / "cfg.py"
+    config.write_text(
+        f"_base_ = ['{REPO}/configs/_base_/datasets/cityscapes.py']\n"
+        f"data_root = '{tmp_path / 'data'}'\n"
+        "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
+        "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
+        "test_dataloader = val_dataloader\n"
+    )
+    assert [(d["type"], d["split"]) for d in dataset_cfgs(str(config))] == [
+        ("CityscapesMTL", "train"),
+        ("CityscapesMTL", "val"),
+    ]
+    assert check_dataset(str(config)) == []
+    assert check_dataset(str(tmp_path / "data"), splits=["test"]) == [
+        Problem(
+            written.paths[formats.DISPARITY_SUFFIX],
+            "cannot be decoded as PNG (truncated or corrupt)",
+        )
+    ]
+
+
+def test_checker_rejects_a_folder_of_no_known_layout(tmp_path: Path) -> None:
+    with pytest.raises(DataFileError, match="neither the Cityscapes layout"):
+        check_dataset(str(tmp_path))
+
+
+def test_cli_exit_status_and_output(tmp_path: Path) -> None:
+    planted = plant_problems(tmp_path / "bad")
+    result = run_cli(str(tmp_path / "bad"))
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert sorted(line.split(": ")[0] for line in lines[:-1]) == sorted(planted)
+    assert lines[-1] == f"checked 10 sample(s): {len(planted)} problem(s)"
+
+    fixtures.write_cityscapes_tree(tmp_path / "good", split="val")
+    result = run_cli(str(tmp_path / "good"), "--splits", "val")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == ["checked 2 sample(s): 0 problem(s)"]

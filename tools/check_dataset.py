@@ -1,0 +1,39 @@
+"""Check every file of a dataset (a root in the Cityscapes or NYUv2 layout, or the datasets of a
+config) and print one line per problem; exit status 1 when there is any.
+
+    python tools/check_dataset.py configs/_base_/datasets/cityscapes.py
+    python tools/check_dataset.py data/synthdrive --splits train val
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from adperception.data.check import Problem, check_sample, collect_samples
+from adperception.data.formats import DataFileError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", metavar="CONFIG_OR_ROOT")
+    parser.add_argument("--splits", nargs="+", help="only these splits (default: all)")
+    args = parser.parse_args(argv)
+    try:
+        samples = collect_samples(args.source, args.splits)
+    except DataFileError as err:
+        print(err)
+        return 1
+    problems: list[Problem] = []
+    for sample in tqdm(samples, desc="checking", unit="sample", file=sys.stderr):
+        problems.extend(check_sample(sample))
+    for problem in problems:
+        print(problem)
+    print(f"checked {len(samples)} sample(s): {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
