@@ -1,4 +1,7 @@
 # Every target runs in the project's virtualenv: the active one, else .venv/ (made by `make install`).
+# OpenMP threads sleep instead of spinning while they wait: with spinning, torch threads that share
+# 2 cores with dataloader workers or other jobs run 10-30x slower.
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adperception-installed
@@ -19,8 +22,12 @@ $(STAMP): setup.cfg pyproject.toml tools/install.sh
 	bash tools/install.sh
 	touch $@
 
+# Train the quickstart config on SynthDrive, evaluate it and draw targets above predictions.
 quickstart: preview
-	@echo "quickstart: dataset in $(DATA), preview images in $(OUT)/preview"
+	$(PY) tools/train.py configs/quickstart.py --work-dir $(OUT)/train
+	$(PY) tools/test.py configs/quickstart.py $(OUT)/train/iter_1000.pth --work-dir $(OUT)/test \
+		--out $(OUT)/metrics.json --show-dir $(OUT)/predictions
+	@echo "quickstart: metrics in $(OUT)/metrics.json, pictures in $(OUT)/predictions"
 
 data: $(DATA)/.complete
 

@@ -21,6 +21,8 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
+from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
+from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import Registry
 
 DATASETS = Registry(
@@ -50,3 +52,6 @@ RUNNERS = Registry(
 LOOPS = Registry(
     "loop", parent=MMENGINE_LOOPS, scope="adperception", locations=["adperception.engine"]
 )
+# No project classes yet: they let configs in our scope reach mmengine's visualizers quietly.
+VISUALIZERS = Registry("visualizer", parent=MMENGINE_VISUALIZERS, scope="adperception")
+VISBACKENDS = Registry("vis_backend", parent=MMENGINE_VISBACKENDS, scope="adperception")

@@ -1,0 +1,212 @@
+"""The project's mmengine Runner and what ``tools/train.py`` and ``tools/test.py`` do to a config
+before handing it to the runner."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib
+import json
+import os
+import os.path as osp
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.dist import is_distributed, master_only
+from mmengine.fileio import LocalBackend, get_file_backend
+from mmengine.hooks import CheckpointHook
+from mmengine.model import is_model_wrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.registry import MODEL_WRAPPERS, init_default_scope
+from mmengine.runner import Runner
+
+from adperception.engine.checkpoint import (
+    AtomicCheckpointHook,
+    install_checkpoint_allowlist,
+    replace_durably,
+    write_bytes_durably,
+)
+from adperception.registry import OPTIM_WRAPPERS, RUNNERS
+
+#: Packages whose import registers the datasets, transforms, models and metrics (this package
+#: registers the runner and hooks).
+REGISTERING_PACKAGES = (
+    "adperception.data",
+    "adperception.models",
+    "adperception.evaluation",
+)
+#: How configs may name mmengine's CheckpointHook; MTLRunner runs AtomicCheckpointHook instead.
+CHECKPOINT_HOOK_TYPES = ("CheckpointHook", "mmengine.CheckpointHook", CheckpointHook)
+
+
+def setup_runtime() -> None:
+    """Make configs resolve in the ``adperception`` scope with every project class registered,
+    and let checkpoints load under ``weights_only=True``."""
+    init_default_scope("adperception")
+    for package in REGISTERING_PACKAGES:
+        importlib.import_module(package)
+    install_checkpoint_allowlist()
+
+
+@RUNNERS.register_module()
+class MTLRunner(Runner):
+    """mmengine's Runner with checkpoints that a kill at any moment cannot corrupt.
+
+    ``save_checkpoint`` writes to a temporary file in the same directory, fsyncs it and renames
+    it over the target, so a checkpoint file is always complete; the checkpoint hook is
+    ``AtomicCheckpointHook``, which replaces ``last_checkpoint`` atomically after the new file
+    is in place and deletes outdated checkpoints only then. Configs select it with
+    ``runner_type = "MTLRunner"`` (the tools' default).
+
+    Without CUDA, ``--launcher pytorch`` trains on CPU processes: mmengine's ``init_dist`` and
+    its DDP wrapper both pin a CUDA device, so here the process group is initialised with
+    ``env_cfg.dist_cfg`` (backend gloo, set by the tools) and DDP gets no ``device_ids``.
+    """
+
+    def setup_env(self, env_cfg: dict) -> None:
+        if self.distributed and not is_distributed() and not torch.cuda.is_available():
+            init_cpu_process_group(self.launcher, env_cfg.get("dist_cfg", {}))
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg: dict | None, model: nn.Module) -> nn.Module:
+        if not self.distributed or torch.cuda.is_available() or is_model_wrapper(model):
+            return super().wrap_model(model_wrapper_cfg, model)
+        wrapper_cfg = dict(
+            type="MMDistributedDataParallel",
+            broadcast_buffers=False,
+            find_unused_parameters=self.cfg.get("find_unused_parameters", False),
+        )
+        wrapper_cfg.update(model_wrapper_cfg or {})
+        return MODEL_WRAPPERS.build(wrapper_cfg, default_args=dict(module=model.to("cpu")))
+
+    def register_default_hooks(self, hooks: dict | None = None) -> None:
+        hooks = dict(hooks or {})
+        checkpoint = hooks.get("checkpoint", dict(type="CheckpointHook", interval=1))
+        if isinstance(checkpoint, Mapping) and checkpoint.get("type") in CHECKPOINT_HOOK_TYPES:
+            hooks["checkpoint"] = {**checkpoint, "type": AtomicCheckpointHook}
+        super().register_default_hooks(hooks)
+
+    @master_only
+    def save_checkpoint(
+        self,
+        out_dir: str,
+        filename: str,
+        file_client_args: dict | None = None,
+        save_optimizer: bool = True,
+        save_param_scheduler: bool = True,
+        meta: dict | None = None,
+        by_epoch: bool = True,
+        backend_args: dict | None = None,
+    ) -> None:
+        kwargs = dict(
+            save_optimizer=save_optimizer,
+            save_param_scheduler=save_param_scheduler,
+            meta=meta,
+            by_epoch=by_epoch,
+        )
+        local = file_client_args is None and isinstance(
+            get_file_backend(out_dir, backend_args=backend_args), LocalBackend
+        )
+        if not local:  # object stores have their own write semantics
+            super().save_checkpoint(
+                out_dir, filename, file_client_args, backend_args=backend_args, **kwargs
+            )
+            return
+        head, tail = osp.split(filename)
+        tmp_name = osp.join(head, f".{tail}.{os.getpid()}.tmp")
+        tmp_path = osp.join(out_dir, tmp_name)
+        try:
+            super().save_checkpoint(out_dir, tmp_name, backend_args=backend_args, **kwargs)
+            replace_durably(tmp_path, osp.join(out_dir, filename))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp_path)
+            raise
+
+
+def init_cpu_process_group(launcher: str, dist_cfg: Mapping) -> None:
+    """``torch.distributed`` on CPU processes started by torchrun (``launcher="pytorch"``)."""
+    if launcher != "pytorch":
+        raise RuntimeError(
+            f"launcher {launcher!r} needs CUDA; on CPU start the processes with torchrun "
+            "(tools/dist_train.sh, --launcher pytorch)"
+        )
+    kwargs = {key: value for key, value in dist_cfg.items() if key != "init_backend"}
+    if kwargs.get("timeout") is not None:
+        kwargs["timeout"] = datetime.timedelta(seconds=kwargs["timeout"])
+    torch.distributed.init_process_group(**{"backend": "gloo", **kwargs})
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The runner of ``cfg.runner_type``, ``MTLRunner`` when the config names none."""
+    cfg.setdefault("runner_type", "MTLRunner")
+    return RUNNERS.build(cfg)
+
+
+def set_work_dir(cfg: Config, work_dir: str | None) -> None:
+    """``work_dir``, else the config's, else ``./work_dirs/{config file stem}``."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(cfg.filename))[0])
+
+
+def set_resume(cfg: Config, resume: str | None) -> None:
+    """``resume="auto"``: resume from ``work_dir/last_checkpoint``; a path: resume from it."""
+    if resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif resume is not None:
+        cfg.resume = True
+        cfg.load_from = resume
+
+
+def enable_amp(cfg: Config) -> bool:
+    """Mixed precision with dynamic loss scaling (unless the config sets ``loss_scale``).
+
+    ``OptimWrapper`` becomes mmengine's ``AmpOptimWrapper``; another wrapper class names its
+    registered AMP counterpart in a class attribute ``amp_variant``; a wrapper that already is
+    an ``AmpOptimWrapper`` is kept. Any other wrapper raises ValueError. Without CUDA this warns
+    and leaves the config alone (returns False).
+    """
+    if not torch.cuda.is_available():
+        warnings.warn("--amp ignored: CUDA is not available", stacklevel=2)
+        return False
+    wrapper_type = cfg.optim_wrapper.get("type", "OptimWrapper")
+    wrapper = OPTIM_WRAPPERS.get(wrapper_type) if isinstance(wrapper_type, str) else wrapper_type
+    variant = getattr(wrapper, "amp_variant", None)
+    if wrapper is OptimWrapper:
+        variant = "AmpOptimWrapper"
+    if variant is not None:
+        cfg.optim_wrapper.type = variant
+    elif not (isinstance(wrapper, type) and issubclass(wrapper, AmpOptimWrapper)):
+        raise ValueError(
+            f"--amp: optim_wrapper.type {wrapper_type!r} is no AmpOptimWrapper and names no "
+            "registered AMP counterpart in its class attribute `amp_variant`"
+        )
+    cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    return True
+
+
+def select_dist_backend(cfg: Config) -> None:
+    """Use gloo where the config asks for nccl and CUDA is not available (CPU training)."""
+    dist_cfg = cfg.get("env_cfg", {}).get("dist_cfg")
+    if dist_cfg is not None and dist_cfg.get("backend") == "nccl" and not torch.cuda.is_available():
+        dist_cfg.backend = "gloo"
+
+
+def _to_builtin(value: object) -> object:
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
+    raise TypeError(f"metric value of type {type(value).__name__} is not JSON serialisable")
+
+
+def dump_metrics(metrics: Mapping[str, object], path: str) -> None:
+    """Write ``metrics`` (numbers, numpy or 0-d tensor scalars) to ``path`` as a JSON object."""
+    text = json.dumps(dict(metrics), indent=2, sort_keys=True, default=_to_builtin)
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    write_bytes_durably(path, (text + "\n").encode())

@@ -1,0 +1,141 @@
+"""Start-up checks of a config, run before any runner is built, so that a wrong task name, a
+class count that disagrees with the dataset, or a task the data lacks fails in seconds with a
+message that names the config key, instead of deep inside the first iteration.
+
+The model config is the multi-task one: ``model.heads`` maps task names to head configs and
+``model.backbone.branches`` maps group names to lists of tasks (the registered backbone's default
+when the config leaves it out).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
+
+from adperception.data.datasets.base import TASKS
+from adperception.registry import DATASETS, MODELS
+
+#: Head config key -> the dataset metainfo key whose length it must equal, per task.
+CLASS_KEYS = {"det": "det_classes", "seg": "classes"}
+
+
+class ConfigError(ValueError):
+    """A config that cannot train or test; the message names every problem and its key path."""
+
+
+def validate_config(cfg: Mapping, *, dataloaders: Sequence[str] = ("train_dataloader",)) -> None:
+    """Check ``cfg``'s tasks and, for each of ``dataloaders`` present in it, that its dataset
+    provides every task of ``model.heads`` with the heads' class counts.
+
+    Raises ``ConfigError`` listing every problem; dataset files that cannot be read raise the
+    dataset's own error.
+    """
+    model = cfg.get("model") or {}
+    validate_model_tasks(model)
+    heads = model.get("heads") or {}
+    if not heads:
+        return
+    problems = []
+    for loader in dataloaders:
+        if cfg.get(loader) is None:
+            continue
+        for key, dataset_cfg in dataset_configs(cfg[loader]["dataset"], f"{loader}.dataset"):
+            problems += dataset_problems(heads, dataset_cfg, key)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def validate_model_tasks(model: Mapping, *, key: str = "model") -> None:
+    """Check that every task in ``model.heads`` and ``model.backbone.branches`` is one of
+    ``TASKS`` and that every head's task has a branch; raise ``ConfigError`` otherwise."""
+    known = ", ".join(TASKS)
+    heads = model.get("heads") or {}
+    problems = [
+        f"{key}.heads.{task}: unknown task '{task}' (tasks are {known})"
+        for task in heads
+        if task not in TASKS
+    ]
+    branches, branches_key = backbone_branches(model.get("backbone") or {}, f"{key}.backbone")
+    if branches is not None:
+        problems += [
+            f"{branches_key}.{group}: unknown task '{task}' (tasks are {known})"
+            for group, tasks in branches.items()
+            for task in tasks
+            if task not in TASKS
+        ]
+        branched = {task for tasks in branches.values() for task in tasks}
+        listing = ", ".join(f"{group}={list(tasks)}" for group, tasks in branches.items())
+        problems += [
+            f"{key}.heads.{task}: task '{task}' has no branch in {branches_key} ({listing})"
+            for task in heads
+            if task in TASKS and task not in branched
+        ]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def backbone_branches(backbone: Mapping, key: str) -> tuple[Mapping | None, str]:
+    """The backbone's ``branches`` and where they come from: the config, else the registered
+    class's default; ``None`` for a backbone without branches."""
+    if "branches" in backbone:
+        return backbone["branches"], f"{key}.branches"
+    cls = MODELS.get(backbone["type"]) if isinstance(backbone.get("type"), str) else None
+    if cls is None:
+        return None, key
+    default = inspect.signature(cls).parameters.get("branches")
+    if default is None or default.default is inspect.Parameter.empty:
+        return None, key
+    return default.default, f"{key}.branches (default of {backbone['type']})"
+
+
+def dataset_configs(dataset: Mapping, key: str) -> Iterator[tuple[str, Mapping]]:
+    """The leaf dataset configs under dataset wrappers (``dataset=``, ``datasets=[...]``), each
+    with its key path."""
+    if "dataset" in dataset:
+        yield from dataset_configs(dataset["dataset"], f"{key}.dataset")
+    elif "datasets" in dataset:
+        for i, inner in enumerate(dataset["datasets"]):
+            yield from dataset_configs(inner, f"{key}.datasets[{i}]")
+    else:
+        yield key, dataset
+
+
+def dataset_problems(heads: Mapping, dataset_cfg: Mapping, key: str) -> list[str]:
+    """Class counts and tasks of ``heads`` that the dataset built from ``dataset_cfg`` (at config
+    path ``key``; lazily: metainfo needs no files, ``tasks`` scans them) disagrees with."""
+    dataset = DATASETS.build({"_scope_": "adperception", **dataset_cfg, "lazy_init": True})
+    dataset_type = dataset_cfg["type"]
+    provided = getattr(dataset, "tasks", None)
+    problems = []
+    if provided is not None:
+        problems += [
+            f"model.heads.{task}: {key} ({dataset_type}, data_root '{dataset.data_root}') does "
+            f"not provide task '{task}' (it provides {', '.join(provided) or 'none'})"
+            for task in heads
+            if task in TASKS and task not in provided
+        ]
+    for task, metainfo_key in CLASS_KEYS.items():
+        lacking = provided is not None and task not in provided
+        if task not in heads or metainfo_key not in dataset.metainfo or lacking:
+            continue
+        expected = len(dataset.metainfo[metainfo_key])
+        for path, value in find_key(heads[task], "num_classes", f"model.heads.{task}"):
+            if value != expected:
+                problems.append(
+                    f"{path} = {value} but {key} ({dataset_type}) has {expected} classes in "
+                    f"metainfo['{metainfo_key}']"
+                )
+    return problems
+
+
+def find_key(node: object, name: str, path: str) -> Iterator[tuple[str, object]]:
+    """Every ``name`` key in nested dicts and lists, with its dotted path."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == name:
+                yield f"{path}.{key}", value
+            else:
+                yield from find_key(value, name, f"{path}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from find_key(value, name, f"{path}[{i}]")

@@ -1,0 +1,249 @@
+"""A timm backbone whose early stages are shared by every task and whose later stages branch into
+one copy per task group, with zero-initialised adapters in the branches (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+import timm
+import timm.models
+from mmengine.logging import print_log
+from torch import Tensor, nn
+
+from adperception.models.layers.adapters import adapter_parameters, add_adapters
+from adperception.registry import MODELS
+
+STRIDES = (4, 8, 16, 32)
+DEFAULT_BRANCHES = MappingProxyType({"semantic": ("det", "seg"), "geometric": ("depth", "normals")})
+DEFAULT_ADAPTER = MappingProxyType({"type": "bottleneck", "reduction": 4})
+
+
+@dataclass(frozen=True)
+class _Family:
+    """Where a timm model family keeps its stem and its 4 stages, and how they compute."""
+
+    stem: str
+    stages: str
+    channels_last: bool  # blocks and stage outputs are NHWC
+    lora_targets: tuple[str, ...]  # attention/MLP linears, suffixes of module names in a stage
+    create_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+_FAMILIES = {
+    "timm.models.convnext": _Family(
+        stem="stem", stages="stages", channels_last=False, lora_targets=("mlp.fc1", "mlp.fc2")
+    ),
+    "timm.models.swin_transformer": _Family(
+        stem="patch_embed",
+        stages="layers",
+        channels_last=True,
+        lora_targets=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
+        # any H, W divisible by 32: attention masks built per input, windows padded
+        create_kwargs={"strict_img_size": False},
+    ),
+}
+
+
+def _family_of(model_name: str) -> tuple[_Family, ModuleType]:
+    """The family of a timm model name and the module that defines it."""
+    if not timm.models.is_model(model_name):
+        raise KeyError(f"timm has no model {model_name!r}")
+    module_name = timm.models.model_entrypoint(timm.models.get_arch_name(model_name)).__module__
+    if module_name not in _FAMILIES:
+        raise ValueError(
+            f"{model_name!r} ({module_name}) is not a supported family; "
+            f"supported: {sorted(_FAMILIES)}"
+        )
+    return _FAMILIES[module_name], importlib.import_module(module_name)
+
+
+FilterFn = Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
+
+
+def load_timm_weights(model: nn.Module, path: str, *, filter_fn: FilterFn | None = None) -> None:
+    """Load a local checkpoint into a timm model (weights only, no unpickling of objects).
+
+    Accepts a timm state dict, the official formats ``{'model': sd}`` / ``{'state_dict': sd}``
+    (``.pth``/``.pt`` through ``torch.load(weights_only=True)``, or ``.safetensors``), and
+    converts official key layouts with the family's ``checkpoint_filter_fn``. Classifier weights
+    are dropped; a backbone weight the file lacks is an error.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained backbone weights not found: {path}")
+    state_dict = timm.models.load_state_dict(path, weights_only=True)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("head.")]
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} backbone weights, e.g. {missing[:5]}")
+    unused = f"; unused keys: {result.unexpected_keys}" if result.unexpected_keys else ""
+    print_log(f"BranchedBackbone: loaded {path}{unused}", logger="current")
+
+
+@MODELS.register_module()
+class BranchedBackbone(nn.Module):
+    """timm ConvNeXt or Swin with stages ``[0, shared_stages)`` shared by all tasks and stages
+    ``[shared_stages, 4)`` copied once per task group from the same initial weights.
+
+    Stage 0 includes the stem. Adapters go into every branched stage, one set per group.
+
+    Args:
+        model_name: timm ConvNeXt (``convnext_tiny``, ``convnext_atto`` ...) or Swin
+            (``swin_tiny_patch4_window7_224`` ...) name.
+        pretrained: local checkpoint file (see ``load_timm_weights``); None = random init.
+        shared_stages: 0..4 stages computed once for all tasks.
+        branches: group name -> its tasks; each task in exactly one group.
+        adapter: ``dict(type='bottleneck', reduction=4)``, ``dict(type='lora', rank=8,
+            alpha=16.0)``, a list of such dicts, or None.
+        freeze_backbone: freeze every backbone weight; only adapters (and later heads) train.
+        drop_path_rate: timm stochastic depth.
+        model_kwargs: more ``timm.create_model`` arguments, e.g. ``img_size=(512, 1024)`` to lay
+            Swin's windows and shifts out for the training crop.
+
+    Forward: ``x`` B×3×H×W, H and W divisible by 32 -> ``{group: [4 maps B×C_i×H/s_i×W/s_i]}`` with
+    ``C_i = out_channels[i]``, ``s_i = strides[i]``; shared stages are computed once.
+    """
+
+    strides: tuple[int, ...] = STRIDES
+
+    def __init__(
+        self,
+        *,
+        model_name: str = "convnext_tiny",
+        pretrained: str | None = None,
+        shared_stages: int = 2,
+        branches: Mapping[str, Sequence[str]] = DEFAULT_BRANCHES,
+        adapter: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = DEFAULT_ADAPTER,
+        freeze_backbone: bool = False,
+        drop_path_rate: float = 0.0,
+        model_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= shared_stages <= len(STRIDES):
+            raise ValueError(f"shared_stages must be in 0..{len(STRIDES)}, got {shared_stages}")
+        self.groups: tuple[str, ...] = tuple(branches)
+        self.task_groups: dict[str, str] = _task_groups(branches)
+        self.shared_stages = shared_stages
+
+        family, family_module = _family_of(model_name)
+        model = timm.create_model(
+            model_name,
+            pretrained=False,
+            num_classes=0,
+            drop_path_rate=drop_path_rate,
+            **{**family.create_kwargs, **(model_kwargs or {})},
+        )
+        if pretrained:
+            filter_fn = getattr(family_module, "checkpoint_filter_fn", None)
+            load_timm_weights(model, pretrained, filter_fn=filter_fn)
+        else:
+            print_log(f"BranchedBackbone: {model_name} randomly initialised", logger="current")
+        strides = tuple(info["reduction"] for info in model.feature_info)
+        if strides != STRIDES:
+            raise ValueError(f"{model_name} has stage strides {strides}, expected {STRIDES}")
+        self.out_channels: tuple[int, ...] = tuple(info["num_chs"] for info in model.feature_info)
+        self.channels_last = family.channels_last
+
+        stages = getattr(model, family.stages)
+        units = [
+            nn.Sequential(OrderedDict(stem=getattr(model, family.stem), stage=stages[0])),
+            *stages[1:],
+        ]
+        self.trunk = nn.ModuleList(units[:shared_stages])
+        self.branches = nn.ModuleDict(
+            {g: nn.ModuleList(copy.deepcopy(units[shared_stages:])) for g in self.groups}
+        )
+        adapter_cfgs = (
+            [] if adapter is None else [adapter] if isinstance(adapter, Mapping) else adapter
+        )
+        for stage_list in self.branches.values():
+            for index, unit in enumerate(stage_list, start=shared_stages):
+                stage = unit.stage if index == 0 else unit
+                for cfg in adapter_cfgs:
+                    add_adapters(
+                        stage,
+                        cfg,
+                        dim=self.out_channels[index],
+                        channel_dim=-1 if family.channels_last else 1,
+                        lora_targets=family.lora_targets,
+                    )
+        if freeze_backbone:
+            self.requires_grad_(False)
+            for _, param in adapter_parameters(self):
+                param.requires_grad_(True)
+        print_log(
+            f"BranchedBackbone {model_name}: shared_stages={shared_stages}, "
+            f"trainable parameters {self.trainable_parameter_counts()}",
+            logger="current",
+        )
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        shared = []
+        for unit in self.trunk:
+            x = unit(x)
+            shared.append(x)
+        shared_nchw = [self._to_nchw(f) for f in shared]
+        out = {}
+        for group, stage_list in self.branches.items():
+            feats = list(shared_nchw)
+            y = x
+            for unit in stage_list:
+                y = unit(y)
+                feats.append(self._to_nchw(y))
+            out[group] = feats
+        return out
+
+    def _to_nchw(self, x: Tensor) -> Tensor:
+        return x.permute(0, 3, 1, 2).contiguous() if self.channels_last else x
+
+    def parameter_tasks(self) -> dict[str, frozenset[str]]:
+        """Parameter name (as in ``named_parameters()``) -> the tasks whose outputs depend on it:
+        trunk parameters -> every task, a group's branch parameters -> that group's tasks."""
+        all_tasks = frozenset(self.task_groups)
+        group_tasks = {
+            g: frozenset(t for t, tg in self.task_groups.items() if tg == g) for g in self.groups
+        }
+        result = {}
+        for name, _ in self.named_parameters():
+            part, _, rest = name.partition(".")
+            result[name] = all_tasks if part == "trunk" else group_tasks[rest.partition(".")[0]]
+        return result
+
+    def trainable_parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per part: ``shared``, ``branch.<g>`` (backbone weights of group g's
+        stages) and ``adapters.<g>``."""
+        counts = {"shared": _count(self.trunk.parameters())}
+        for group, stage_list in self.branches.items():
+            adapter_ids = {id(p) for _, p in adapter_parameters(stage_list)}
+            params = list(stage_list.parameters())
+            counts[f"branch.{group}"] = _count(p for p in params if id(p) not in adapter_ids)
+            counts[f"adapters.{group}"] = _count(p for p in params if id(p) in adapter_ids)
+        return counts
+
+
+def _count(params: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params if p.requires_grad)
+
+
+def _task_groups(branches: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    if not branches:
+        raise ValueError("branches must name at least one task group")
+    task_groups: dict[str, str] = {}
+    for group, tasks in branches.items():
+        if not group.isidentifier():
+            raise ValueError(f"group name {group!r} must be a Python identifier")
+        if not tasks:
+            raise ValueError(f"group {group!r} has no tasks")
+        for task in tasks:
+            if task in task_groups:
+                raise ValueError(f"task {task!r} is in groups {task_groups[task]!r} and {group!r}")
+            task_groups[task] = group
+    return task_groups

@@ -1,0 +1,97 @@
+"""Semantic segmentation head: mmseg's Semantic-FPN decode head and its loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from mmengine.model import BaseModule
+from mmengine.registry import DefaultScope
+from mmengine.structures import PixelData
+from mmseg.models.decode_heads import FPNHead
+from mmseg.structures import SegDataSample
+from torch import Tensor
+
+from adperception.data.structures import MTLDataSample
+from adperception.models.heads.dense import FEATURE_STRIDES, crop_to_samples, gather_targets
+from adperception.registry import MODELS
+
+IGNORE_INDEX = 255
+
+
+@MODELS.register_module()
+class SegmentationHead(BaseModule):
+    """mmseg ``FPNHead`` over the four FPN maps, with our data contract around it.
+
+    ``forward(feats)`` returns logits B×``num_classes``×(Hp/4)×(Wp/4); ``loss`` is mmseg's
+    ``loss_by_feat`` (logits resized to the targets, cross-entropy averaged over non-ignored
+    pixels) on targets padded to (Hp, Wp) with 255, as mmseg's own preprocessor would pad them.
+    ``loss_decode`` is built in mmseg's scope, so plain mmseg loss names resolve.
+    """
+
+    task = "seg"
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        channels: int,
+        num_classes: int = 19,
+        dropout_ratio: float = 0.1,
+        norm_cfg: dict | None = None,
+        loss_decode: dict | Sequence[dict] | None = None,
+    ) -> None:
+        super().__init__()
+        if loss_decode is None:
+            loss_decode = dict(
+                type="mmseg.CrossEntropyLoss",
+                use_sigmoid=False,
+                loss_weight=1.0,
+                avg_non_ignore=True,
+            )
+        with DefaultScope.overwrite_default_scope("mmseg"):
+            self.decode_head = FPNHead(
+                in_channels=[in_channels] * len(FEATURE_STRIDES),
+                in_index=list(range(len(FEATURE_STRIDES))),
+                feature_strides=list(FEATURE_STRIDES),
+                channels=channels,
+                num_classes=num_classes,
+                dropout_ratio=dropout_ratio,
+                norm_cfg=norm_cfg,
+                loss_decode=loss_decode,
+                ignore_index=IGNORE_INDEX,
+                align_corners=False,
+            )
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        return self.decode_head(list(feats))
+
+    def loss(
+        self, feats: Sequence[Tensor], data_samples: Sequence[MTLDataSample]
+    ) -> dict[str, Tensor]:
+        return self.loss_by_feat(self(feats), data_samples)
+
+    def loss_by_feat(
+        self, logits: Tensor, data_samples: Sequence[MTLDataSample]
+    ) -> dict[str, Tensor]:
+        """mmseg's loss terms (``loss_ce`` by default) of ``logits`` against ``gt_sem_seg``;
+        mmseg's ``acc_seg`` is dropped, since every returned key is a loss to sum."""
+        labels = gather_targets(
+            data_samples,
+            "gt_sem_seg",
+            channels=1,
+            pad_value=IGNORE_INDEX,
+            dtype=torch.int64,
+            device=logits.device,
+        )
+        padded = [SegDataSample(gt_sem_seg=PixelData(data=label)) for label in labels]
+        losses = self.decode_head.loss_by_feat(logits.float(), padded)
+        return {key: value for key, value in losses.items() if key.startswith("loss")}
+
+    def predict(self, feats: Sequence[Tensor], data_samples: Sequence[MTLDataSample]) -> None:
+        self.predict_by_feat(self(feats), data_samples)
+
+    def predict_by_feat(self, logits: Tensor, data_samples: Sequence[MTLDataSample]) -> None:
+        """Set ``pred_sem_seg`` (1×h×w int64 train ids at ``img_shape``) on each sample."""
+        for sample, crop in crop_to_samples(logits, data_samples):
+            sample.pred_sem_seg = PixelData(data=crop.argmax(dim=0, keepdim=True))

@@ -1,0 +1,167 @@
+"""The multi-task model: one backbone whose later stages branch per task group, one FPN neck per
+group, one head per task. Data flows backbone → branches → necks → heads → per-task losses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from mmengine.logging import MessageHub, MMLogger, print_log
+from mmengine.model import BaseModel
+from torch import Tensor, nn
+
+from adperception.data.datasets.base import TASKS
+from adperception.data.structures import MTLDataSample
+from adperception.registry import MODELS
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@MODELS.register_module()
+class MultiTaskModel(BaseModel):
+    """Detection, segmentation, depth and normals from one partially shared network.
+
+    Args:
+        backbone: a ``BranchedBackbone`` config; its ``branches`` decide which tasks share which
+            later stages, and so which neck feeds which head.
+        neck: one neck config (``in_channels`` is filled from the backbone), built per group.
+        heads: ``{task: head config}`` for the tasks to train; a subset of ``TASKS``.
+        data_preprocessor: normalises and pads the batch (mmdet's ``DetDataPreprocessor``).
+
+    ``loss`` returns ``loss_<task>`` for every task (a head's terms summed) and each term,
+    detached, as ``<task>.<term>`` for the log; ``predict`` fills every ``pred_*`` field.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: dict,
+        neck: dict,
+        heads: dict[str, dict],
+        data_preprocessor: dict | None = None,
+        init_cfg: dict | None = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        unknown = sorted(set(heads) - set(TASKS))
+        if unknown:
+            raise ValueError(f"model.heads: unknown task(s) {unknown}; known tasks are {TASKS}")
+        self.backbone = MODELS.build(backbone)
+        self.tasks = tuple(task for task in TASKS if task in heads)
+        without_branch = [t for t in self.tasks if t not in self.backbone.task_groups]
+        if without_branch:
+            raise ValueError(
+                f"model.heads: task(s) {without_branch} are in no group of "
+                f"model.backbone.branches (task → group: {self.backbone.task_groups})"
+            )
+        self.task_groups = {task: self.backbone.task_groups[task] for task in self.tasks}
+        groups = sorted(set(self.task_groups.values()))
+        neck_cfg = {**neck, "in_channels": list(self.backbone.out_channels)}
+        self.necks = nn.ModuleDict({group: MODELS.build(neck_cfg) for group in groups})
+        self.heads = nn.ModuleDict({task: MODELS.build(heads[task]) for task in self.tasks})
+        for task, head in self.heads.items():
+            if head.task != task:
+                raise ValueError(f"model.heads.{task}: a '{head.task}' head cannot serve '{task}'")
+        self._report_parameters()
+
+    def _report_parameters(self) -> None:
+        counts = {f"backbone.{k}": v for k, v in self.backbone.trainable_parameter_counts().items()}
+        counts.update({f"neck.{g}": _count(m) for g, m in self.necks.items()})
+        counts.update({f"head.{t}": _count(m) for t, m in self.heads.items()})
+        lines = "\n".join(f"  {name:<28} {n / 1e6:8.3f} M" for name, n in counts.items())
+        print_log(
+            f"trainable parameters ({_count(self) / 1e6:.3f} M in all):\n{lines}",
+            logger=MMLogger.get_current_instance(),
+        )
+
+    def forward(
+        self,
+        inputs: Tensor,
+        data_samples: Sequence[MTLDataSample] | None = None,
+        mode: str = "tensor",
+    ):
+        """mmengine's three modes: ``loss``, ``predict`` and ``tensor`` (raw head outputs)."""
+        if mode == "loss":
+            return self.loss(inputs, data_samples)
+        if mode == "predict":
+            return self.predict(inputs, data_samples)
+        if mode == "tensor":
+            return self._forward(inputs, data_samples)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', not {mode!r}")
+
+    def extract_feat(self, inputs: Tensor) -> dict[str, list[Tensor]]:
+        """Neck outputs per task group: 4 maps at strides 4, 8, 16, 32."""
+        branches = self.backbone(inputs)
+        return {group: list(neck(tuple(branches[group]))) for group, neck in self.necks.items()}
+
+    def loss(self, inputs: Tensor, data_samples: Sequence[MTLDataSample]) -> dict[str, Tensor]:
+        feats = self.extract_feat(inputs)
+        losses: dict[str, Tensor] = {}
+        for task, head in self.heads.items():
+            terms = head.loss(feats[self.task_groups[task]], data_samples)
+            losses[f"loss_{task}"] = torch.stack([v.sum() for v in terms.values()]).sum()
+            if len(terms) > 1:  # detached, and named without "loss" so mmengine does not add them
+                for name, value in terms.items():
+                    losses[f"{task}.{name.replace('loss_', '')}"] = value.detach()
+        return losses
+
+    def predict(
+        self, inputs: Tensor, data_samples: Sequence[MTLDataSample]
+    ) -> Sequence[MTLDataSample]:
+        feats = self.extract_feat(inputs)
+        for task, head in self.heads.items():
+            head.predict(feats[self.task_groups[task]], data_samples)
+        return data_samples
+
+    def _forward(
+        self, inputs: Tensor, data_samples: Sequence[MTLDataSample] | None = None
+    ) -> dict[str, Tensor | tuple[Tensor, ...]]:
+        feats = self.extract_feat(inputs)
+        return {task: head(feats[self.task_groups[task]]) for task, head in self.heads.items()}
+
+    def parse_losses(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """mmengine's sum of ``loss*`` entries, plus a non-finite check per task.
+
+        A task whose loss is NaN or inf on any rank is named in the log and counted in the
+        message hub (``nonfinite/<task>``); its value is left out of the logged averages and the
+        returned total is non-finite, so the optim wrapper skips the step on every rank alike.
+        """
+        finite = torch.stack([torch.isfinite(losses[f"loss_{t}"]).all() for t in self.tasks])
+        if dist.is_available() and dist.is_initialized():
+            finite = finite.to(torch.int32)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        bad = [task for task, ok in zip(self.tasks, finite.tolist(), strict=True) if not ok]
+        if not bad:
+            return super().parse_losses(losses)
+        hub = MessageHub.get_current_instance()
+        for task in bad:
+            key = f"nonfinite/{task}"
+            hub.update_info(key, hub.get_info(key, 0) + 1)
+        print_log(
+            f"non-finite loss in task(s) {bad} at iteration {hub.get_info('iter', '?')}; "
+            "this step is skipped",
+            logger=MMLogger.get_current_instance(),
+            level=30,
+        )
+        total = sum(losses[f"loss_{t}"] for t in self.tasks)
+        log_vars = {f"loss_{t}": losses[f"loss_{t}"].detach() for t in self.tasks if t not in bad}
+        log_vars.update({f"nonfinite.{t}": torch.tensor(1.0) for t in bad})
+        return total, log_vars
+
+    def parameter_tasks(self) -> dict[str, frozenset[str]]:
+        """Every parameter's name → the tasks whose loss depends on it."""
+        mine = frozenset(self.tasks)
+        out = {
+            f"backbone.{name}": tasks & mine
+            for name, tasks in self.backbone.parameter_tasks().items()
+        }
+        for group, neck in self.necks.items():
+            tasks = frozenset(t for t, g in self.task_groups.items() if g == group)
+            out.update({f"necks.{group}.{name}": tasks for name, _ in neck.named_parameters()})
+        for task, head in self.heads.items():
+            out.update(
+                {f"heads.{task}.{name}": frozenset({task}) for name, _ in head.named_parameters()}
+            )
+        return out

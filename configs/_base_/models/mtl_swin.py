@@ -1,0 +1,28 @@
+# The four-task network: Swin-T, stages 0-1 shared, stages 2-3 copied per task group with
+# bottleneck adapters, one FPN per group, DAB-DETR for boxes and FPN heads for the dense tasks.
+_base_ = ["../detectors/dab_detr.py"]
+model = dict(
+    type="MultiTaskModel",
+    data_preprocessor=dict(
+        type="mmdet.DetDataPreprocessor",
+        mean=[123.675, 116.28, 103.53],  # ImageNet statistics, RGB (the datasets decode RGB)
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=False,
+        pad_size_divisor=32,
+    ),
+    backbone=dict(
+        type="BranchedBackbone",
+        model_name="swin_tiny_patch4_window7_224",
+        pretrained=None,  # a local timm or official checkpoint path; never downloaded
+        shared_stages=2,
+        branches=dict(semantic=["det", "seg"], geometric=["depth", "normals"]),
+        adapter=dict(type="bottleneck", reduction=4),
+        drop_path_rate=0.2,
+    ),
+    neck=dict(type="mmdet.FPN", out_channels=256, num_outs=4),
+    heads=dict(
+        seg=dict(type="SegmentationHead", in_channels=256, channels=128, num_classes=19),
+        depth=dict(type="DepthHead", in_channels=256, channels=128, loss_type="silog"),
+        normals=dict(type="NormalsHead", in_channels=256, channels=128),
+    ),
+)
