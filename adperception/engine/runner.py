@@ -30,6 +30,7 @@ from adperception.engine.checkpoint import (
     replace_durably,
     write_bytes_durably,
 )
+from adperception.engine.hooks import RNGStateHook
 from adperception.registry import OPTIM_WRAPPERS, RUNNERS
 
 #: Packages whose import registers the datasets, transforms, models and metrics (this package
@@ -60,7 +61,7 @@ class MTLRunner(Runner):
     it over the target, so a checkpoint file is always complete; the checkpoint hook is
     ``AtomicCheckpointHook``, which replaces ``last_checkpoint`` atomically after the new file
     is in place and deletes outdated checkpoints only then. Configs select it with
-    ``runner_type = "MTLRunner"`` (the tools' default).
+    ``runner_type = "MTLRunner"`` (the tools' default). ``RNGStateHook`` is a default hook too.
 
     Without CUDA, ``--launcher pytorch`` trains on CPU processes: mmengine's ``init_dist`` and
     its DDP wrapper both pin a CUDA device, so here the process group is initialised with
@@ -88,6 +89,8 @@ class MTLRunner(Runner):
         checkpoint = hooks.get("checkpoint", dict(type="CheckpointHook", interval=1))
         if isinstance(checkpoint, Mapping) and checkpoint.get("type") in CHECKPOINT_HOOK_TYPES:
             hooks["checkpoint"] = {**checkpoint, "type": AtomicCheckpointHook}
+        # Resumed runs continue bit for bit only with the torch RNG state in the checkpoint.
+        hooks.setdefault("rng_state", dict(type=RNGStateHook))
         super().register_default_hooks(hooks)
 
     @master_only

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from mmengine.logging import MessageHub, MMLogger, print_log
-from mmengine.model import BaseModel
+from mmengine.model import BaseModel, ModuleDict
+from mmengine.structures import InstanceData, PixelData
 from torch import Tensor, nn
 
 from adperception.data.datasets.base import TASKS
@@ -59,11 +60,12 @@ class MultiTaskModel(BaseModel):
         self.task_groups = {task: self.backbone.task_groups[task] for task in self.tasks}
         groups = sorted(set(self.task_groups.values()))
         neck_cfg = {**neck, "in_channels": list(self.backbone.out_channels)}
-        self.necks = nn.ModuleDict({group: MODELS.build(neck_cfg) for group in groups})
-        self.heads = nn.ModuleDict({task: MODELS.build(heads[task]) for task in self.tasks})
+        self.necks = ModuleDict({group: MODELS.build(neck_cfg) for group in groups})
+        self.heads = ModuleDict({task: MODELS.build(heads[task]) for task in self.tasks})
         for task, head in self.heads.items():
             if head.task != task:
                 raise ValueError(f"model.heads.{task}: a '{head.task}' head cannot serve '{task}'")
+        self._parameter_tasks: dict[str, frozenset[str]] | None = None
         self._report_parameters()
 
     def _report_parameters(self) -> None:
@@ -151,17 +153,64 @@ class MultiTaskModel(BaseModel):
         return total, log_vars
 
     def parameter_tasks(self) -> dict[str, frozenset[str]]:
-        """Every parameter's name → the tasks whose loss depends on it."""
-        mine = frozenset(self.tasks)
-        out = {
-            f"backbone.{name}": tasks & mine
-            for name, tasks in self.backbone.parameter_tasks().items()
-        }
-        for group, neck in self.necks.items():
-            tasks = frozenset(t for t, g in self.task_groups.items() if g == group)
-            out.update({f"necks.{group}.{name}": tasks for name, _ in neck.named_parameters()})
-        for task, head in self.heads.items():
-            out.update(
-                {f"heads.{task}.{name}": frozenset({task}) for name, _ in head.named_parameters()}
+        """Every parameter's name → the tasks whose loss depends on it.
+
+        Traced, not declared: one loss pass on a small synthetic batch (one box, every pixel
+        valid) and each task's loss differentiated with respect to all trainable parameters; a
+        parameter belongs to a task when it is in that loss's autograd graph. This finds what a
+        declaration would miss, e.g. that a single-level DETR reads only the FPN's stride-32
+        output and not its finer levels. Frozen parameters keep the backbone's declared map.
+        """
+        if self._parameter_tasks is None:
+            self._parameter_tasks = self._trace_parameter_tasks()
+        return self._parameter_tasks
+
+    @torch.no_grad()
+    def _probe_batch(self) -> tuple[Tensor, list[MTLDataSample]]:
+        size = 64
+        device = next(self.parameters()).device
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randn(2, 3, size, size, generator=generator).to(device)
+        samples = []
+        for _ in range(2):
+            meta = dict(
+                img_shape=(size, size),
+                batch_input_shape=(size, size),
+                pad_shape=(size, size),
+                ori_shape=(size, size),
+                scale_factor=(1.0, 1.0),
             )
-        return out
+            sample = MTLDataSample(metainfo=meta)
+            sample.gt_instances = InstanceData(
+                bboxes=torch.tensor([[8.0, 8.0, 40.0, 48.0]], device=device),
+                labels=torch.zeros(1, dtype=torch.long, device=device),
+            )
+            sample.gt_sem_seg = PixelData(
+                data=torch.zeros(1, size, size, dtype=torch.long, device=device)
+            )
+            sample.gt_depth = PixelData(data=torch.full((1, size, size), 5.0, device=device))
+            normals = torch.zeros(3, size, size, device=device)
+            normals[1] = -1.0
+            sample.gt_normals = PixelData(data=normals)
+            samples.append(sample)
+        return inputs, samples
+
+    def _trace_parameter_tasks(self) -> dict[str, frozenset[str]]:
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        owners: dict[str, set[str]] = {n: set() for n, _ in self.named_parameters()}
+        declared = self.backbone.parameter_tasks()
+        for name, param in self.named_parameters():
+            if not param.requires_grad and name.startswith("backbone."):
+                owners[name] = set(declared[name[len("backbone.") :]]) & set(self.tasks)
+        losses = self.loss(*self._probe_batch())
+        for task in self.tasks:
+            grads = torch.autograd.grad(
+                losses[f"loss_{task}"],
+                [p for _, p in named],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            for (name, _), grad in zip(named, grads, strict=True):
+                if grad is not None:
+                    owners[name].add(task)
+        return {name: frozenset(tasks) for name, tasks in owners.items()}

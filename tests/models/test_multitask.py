@@ -1,0 +1,129 @@
+"""The multi-task model: losses and predictions per task, and which tasks own which weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.logging import MessageHub
+from mmengine.optim import build_optim_wrapper
+
+from adperception.data.datasets import SynthDrive
+from adperception.data.synth import generate_dataset
+from adperception.engine import setup_runtime
+from adperception.engine.optim_wrapper import NonFiniteLossError
+from adperception.registry import MODELS
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = ("det", "seg", "depth", "normals")
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    setup_runtime()
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, {"val": 2}, seed=11, height=64, width=128)
+    dataset = SynthDrive(data_root=str(root), split="val", pipeline=[dict(type="PackMTLInputs")])
+    return pseudo_collate([dataset[0], dataset[1]])
+
+
+def build(config: str) -> torch.nn.Module:
+    setup_runtime()
+    model = MODELS.build(Config.fromfile(ROOT / config).model)
+    model.init_weights()
+    return model
+
+
+def test_losses_predictions_and_raw_outputs(batch: dict) -> None:
+    torch.manual_seed(0)
+    model = build("configs/quickstart.py")
+    data = model.data_preprocessor(batch, True)
+    losses = model(**data, mode="loss")
+    assert {f"loss_{t}" for t in TASKS} <= set(losses)
+    assert all(torch.isfinite(losses[f"loss_{t}"]) for t in TASKS)
+    # the detached terms of a multi-term head sum to its task loss
+    det_terms = [v for k, v in losses.items() if k.startswith("det.")]
+    torch.testing.assert_close(sum(det_terms), losses["loss_det"].detach())
+    model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(batch, False)
+        samples = model(**data, mode="predict")
+        raw = model(data["inputs"], mode="tensor")
+    for sample in samples:
+        h, w = sample.img_shape
+        assert sample.pred_sem_seg.data.shape == (1, h, w)
+        assert sample.pred_depth.data.shape == (1, h, w) and (sample.pred_depth.data > 0).all()
+        norms = sample.pred_normals.data.norm(dim=0)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+        boxes = sample.pred_instances.bboxes
+        assert ((boxes[:, 0::2] >= 0) & (boxes[:, 0::2] <= w)).all()
+    assert set(raw) == set(TASKS) and raw["seg"].shape[1] == 19
+
+
+def test_parameter_tasks_agree_with_autograd_on_the_default_config(batch: dict) -> None:
+    """Every weight a task's loss reaches is one the model says that task depends on, and every
+    weight the model assigns to a task is in that task's graph (configs/ad_mtl.py, Swin-T)."""
+    torch.manual_seed(0)
+    model = build("configs/ad_mtl.py")
+    owners = model.parameter_tasks()
+    params = dict(model.named_parameters())
+    assert owners.keys() == params.keys()
+    losses = model(**model.data_preprocessor(batch, True), mode="loss")
+    shared = [n for n, t in owners.items() if t == frozenset(TASKS)]
+    assert shared and all(n.startswith("backbone.trunk") for n in shared)
+    # Default branches: semantic = det + seg, geometric = depth + normals; DAB-DETR reads the
+    # stride-32 FPN output only, so the finer FPN levels serve segmentation alone.
+    assert owners["necks.semantic.fpn_convs.3.conv.weight"] == {"det", "seg"}
+    assert owners["necks.semantic.fpn_convs.0.conv.weight"] == {"seg"}
+    assert owners["necks.geometric.fpn_convs.0.conv.weight"] == {"depth", "normals"}
+    assert {t for n, t in owners.items() if n.startswith("backbone.branches.semantic")} == {
+        frozenset({"det", "seg"})
+    }
+    for task in TASKS:
+        grads = torch.autograd.grad(
+            losses[f"loss_{task}"], list(params.values()), retain_graph=True, allow_unused=True
+        )
+        reached = {n for n, g in zip(params, grads, strict=True) if g is not None}
+        claimed = {n for n, t in owners.items() if task in t}
+        assert reached == claimed, (task, sorted(reached ^ claimed)[:5])
+
+
+def test_unknown_or_mismatched_tasks_fail_at_construction() -> None:
+    setup_runtime()
+    cfg = Config.fromfile(ROOT / "configs/quickstart.py").model
+    cfg.heads["flow"] = cfg.heads["depth"]
+    with pytest.raises(ValueError, match="unknown task.*flow"):
+        MODELS.build(cfg)
+    cfg = Config.fromfile(ROOT / "configs/quickstart.py").model
+    cfg.backbone.branches = dict(semantic=["det", "seg"], geometric=["depth"])
+    with pytest.raises(ValueError, match="normals"):
+        MODELS.build(cfg)
+
+
+def test_a_non_finite_task_loss_skips_the_step_and_repeated_ones_stop_training(
+    batch: dict,
+) -> None:
+    torch.manual_seed(0)
+    model = build("configs/quickstart.py")
+    wrapper = build_optim_wrapper(
+        model,
+        dict(
+            type="MTLOptimWrapper", optimizer=dict(type="SGD", lr=0.1), max_consecutive_nonfinite=2
+        ),
+    )
+    depth_loss = model.heads["depth"].loss
+    model.heads["depth"].loss = lambda *a: {"loss_depth": depth_loss(*a)["loss_depth"] * torch.nan}
+    hub = MessageHub.get_current_instance()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    log = model.train_step(batch, wrapper)
+    assert "loss_depth" not in log and log["nonfinite.depth"] == 1
+    assert hub.get_info("nonfinite/depth") >= 1
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    with pytest.raises(NonFiniteLossError, match="2 consecutive"):
+        model.train_step(batch, wrapper)
+    model.heads["depth"].loss = depth_loss
+    model.train_step(batch, wrapper)  # a finite step updates the weights again
+    assert not all(torch.equal(before[n], p) for n, p in model.named_parameters())
