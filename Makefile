@@ -25,7 +25,7 @@ $(STAMP): setup.cfg pyproject.toml tools/install.sh
 # Train the quickstart config on SynthDrive, evaluate it and draw targets above predictions.
 quickstart: preview
 	$(PY) tools/train.py configs/quickstart.py --work-dir $(OUT)/train
-	$(PY) tools/test.py configs/quickstart.py $(OUT)/train/iter_1000.pth --work-dir $(OUT)/test \
+	$(PY) tools/test.py configs/quickstart.py "$$(cat $(OUT)/train/last_checkpoint)" --work-dir $(OUT)/test \
 		--out $(OUT)/metrics.json --show-dir $(OUT)/predictions
 	@echo "quickstart: metrics in $(OUT)/metrics.json, pictures in $(OUT)/predictions"
 

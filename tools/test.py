@@ -7,6 +7,7 @@ Only rank 0 writes --out; the keys are those the config's metrics return.
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the environment is set before torch is imported)
 import os
 
 # Before torch loads OpenMP: with spinning waits (the default), a torch thread that shares a
@@ -14,9 +15,9 @@ import os
 # per quickstart step on 2 cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
+import argparse
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config, DictAction
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
