@@ -184,7 +184,7 @@ class CityscapesMTL(MTLDataset):
 
     def load_data_list(self) -> list[dict]:
         image_dir = os.path.join(self.data_root, formats.FOLDERS[formats.IMAGE_SUFFIX], self.split)
-        require_dir(image_dir, f"image folder of split '{self.split}'")
+        require_dir(image_dir, f"the split '{self.split}' image")
         found = scan_split(self.data_root, self.split)
         samples = [(key, files) for key, files in found.items() if "img_path" in files]
         if not samples:

@@ -164,7 +164,7 @@ class NYUv2MTL(MTLDataset):
 
     def load_data_list(self) -> list[dict]:
         image_dir = os.path.join(self.data_root, self.split, KINDS["img_path"])
-        require_dir(image_dir, f"image folder of split '{self.split}'")
+        require_dir(image_dir, f"the split '{self.split}' image")
         samples = [
             (i, files)
             for i, files in scan_split(self.data_root, self.split).items()
