@@ -22,12 +22,18 @@ $(STAMP): setup.cfg pyproject.toml tools/install.sh
 	bash tools/install.sh
 	touch $@
 
-# Train the quickstart config on SynthDrive, evaluate it and draw targets above predictions.
+# Train the quickstart config on SynthDrive, evaluate it, draw targets above predictions, export
+# it (safetensors + ONNX) and draw the exported model's predictions.
 quickstart: preview
 	$(PY) tools/train.py configs/quickstart.py --work-dir $(OUT)/train
 	$(PY) tools/test.py configs/quickstart.py "$$(cat $(OUT)/train/last_checkpoint)" --work-dir $(OUT)/test \
 		--out $(OUT)/metrics.json --show-dir $(OUT)/predictions
-	@echo "quickstart: metrics in $(OUT)/metrics.json, pictures in $(OUT)/predictions"
+	$(PY) tools/export.py configs/quickstart.py "$$(cat $(OUT)/train/last_checkpoint)" \
+		--format onnx --out $(OUT)/export
+	$(PY) tools/infer.py $(OUT)/export $(DATA)/leftImg8bit/val/synthdrive/synthdrive_00000[0-3]_000019_leftImg8bit.png \
+		--onnx --out-dir $(OUT)/infer
+	@echo "quickstart: metrics in $(OUT)/metrics.json, targets over predictions in $(OUT)/predictions,"
+	@echo "            exported model in $(OUT)/export, its ONNX predictions drawn in $(OUT)/infer"
 
 data: $(DATA)/.complete
 

@@ -1,0 +1,230 @@
+"""Exported inference checkpoints, the inference API, ONNX parity and the infer tool, on the
+quickstart model (random initialisation) over tiny SynthDrive images."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from safetensors.torch import load_file
+
+from adperception.data.datasets import SynthDrive
+from adperception.data.synth import generate_dataset
+from adperception.engine import setup_runtime
+from adperception.export import (
+    OnnxModel,
+    export_checkpoint,
+    inference,
+    init_model,
+    output_names,
+)
+from adperception.export.checkpoint import load_weights
+from adperception.registry import MODELS, TRANSFORMS
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = (64, 128)  # (h, w) of the generated images and of the test scale: s = 1
+VERSIONED = {"adperception", "torch", "mmengine", "mmdet", "mmseg", "timm"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny quickstart config, its randomly initialised model saved as an mmengine checkpoint
+    with optimizer and EMA entries, and that checkpoint exported by tools/export.py as ONNX."""
+    setup_runtime()
+    root = tmp_path_factory.mktemp("export")
+    generate_dataset(root / "data", {"val": 2}, seed=5, height=SIZE[0], width=SIZE[1])
+    config = root / "tiny.py"
+    config.write_text(f"""
+_base_ = [{str(ROOT / "configs/quickstart.py")!r}]
+test_pipeline = [dict(type="Resize", scale=({SIZE[1]}, {SIZE[0]})), dict(type="PackMTLInputs")]
+val_dataloader = dict(dataset=dict(data_root={str(root / "data")!r}, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+""")
+    cfg = Config.fromfile(config)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.eval()
+    state = model.state_dict()
+    checkpoint = root / "iter_0.pth"
+    torch.save(
+        {
+            "state_dict": state,
+            "ema_state_dict": {f"module.{k}": v.clone() for k, v in state.items()},
+            "optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": []},
+            "meta": {"iter": 0},
+        },
+        checkpoint,
+    )
+    out = root / "exported"
+    proc = run_tool("tools/export.py", config, checkpoint, "--format", "onnx", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dataset = SynthDrive(data_root=str(root / "data"), split="val", pipeline=[])
+    images = [dataset.get_raw_sample(i)["img"] for i in range(2)]
+    return dict(
+        root=root, config=config, checkpoint=checkpoint, out=out, model=model, images=images
+    )
+
+
+def run_tool(*args: str | Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+
+
+def predict(model: torch.nn.Module, image: np.ndarray) -> object:
+    """The training model's ``predict`` on ``image`` as tools/test.py runs it (no resize)."""
+    packed = TRANSFORMS.build(dict(type="PackMTLInputs"))({"img": image})
+    with torch.no_grad():
+        data = model.data_preprocessor(pseudo_collate([packed]), False)
+        return model(**data, mode="predict")[0]
+
+
+def test_directory_holds_weights_config_metadata_and_checksums(setup: dict) -> None:
+    out = setup["out"]
+    names = {p.name for p in out.iterdir()}
+    assert names == {"model.safetensors", "config.json", "meta.json", "manifest.json", "model.onnx"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["versions"]) == VERSIONED
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert set(manifest["sha256"]) == names - {"manifest.json"}
+    weights = load_file(out / "model.safetensors")
+    # exactly the model's weights: the optimizer and EMA entries of the checkpoint are gone
+    assert weights.keys() == setup["model"].state_dict().keys()
+    for key, value in setup["model"].state_dict().items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=0)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["det_classes"] == list(SynthDrive.METAINFO["det_classes"])
+    assert meta["seg_classes"] == list(SynthDrive.METAINFO["classes"])
+    assert meta["normalisation"] == {
+        "mean": [123.675, 116.28, 103.53],
+        "std": [58.395, 57.12, 57.375],
+        "rgb": True,
+    }
+    assert meta["size"] == {"resize": [SIZE[1], SIZE[0]], "pad_size_divisor": 32, "pad_value": 0}
+    assert meta["detection"] == {"use_sigmoid": True, "num_classes": 8, "max_per_img": 50}
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["backbone"]["model_name"] == "convnext_atto"
+
+
+def test_damaged_weights_fail_naming_the_file(setup: dict, tmp_path: Path) -> None:
+    for damage in ("flip", "truncate"):
+        copy = shutil.copytree(setup["out"], tmp_path / damage)
+        path = copy / "model.safetensors"
+        data = bytearray(path.read_bytes())
+        if damage == "flip":
+            data[-1] ^= 0xFF
+        else:
+            data = data[: len(data) // 2]
+        path.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match=r"model\.safetensors: sha256 does not match"):
+            init_model(copy)
+        if damage == "truncate":
+            # without the manifest's check, safetensors itself rejects the file, naming it
+            with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors"):
+                load_weights(path)
+
+
+def test_half_precision_halves_the_file_and_still_loads(setup: dict, tmp_path: Path) -> None:
+    half = export_checkpoint(setup["config"], setup["checkpoint"], tmp_path / "half", half=True)
+    ratio = (half / "model.safetensors").stat().st_size / (
+        setup["out"] / "model.safetensors"
+    ).stat().st_size
+    assert 0.45 < ratio < 0.55
+    assert json.loads((half / "manifest.json").read_text())["dtype"] == "float16"
+    batch = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = init_model(setup["out"])(batch)
+        halved = init_model(half)(batch)
+    torch.testing.assert_close(halved["depth"], full["depth"], rtol=1e-2, atol=1e-2)
+
+
+def test_inference_at_the_test_scale_equals_predict(setup: dict) -> None:
+    model = init_model(setup["out"])
+    assert not model.training
+    assert list(model(torch.zeros(1, 3, *SIZE))) == output_names(("det", "seg", "depth", "normals"))
+    results = inference(model, setup["images"])
+    assert len(results) == 2
+    for image, result in zip(setup["images"], results, strict=True):
+        sample = predict(setup["model"], image)
+        expected = sample.pred_instances
+        torch.testing.assert_close(torch.from_numpy(result["boxes"]), expected.bboxes)
+        torch.testing.assert_close(torch.from_numpy(result["scores"]), expected.scores)
+        assert result["labels"].tolist() == expected.labels.tolist()
+        assert np.array_equal(result["seg"], sample.pred_sem_seg.data[0].numpy())
+        torch.testing.assert_close(torch.from_numpy(result["depth"]), sample.pred_depth.data[0])
+        normals = torch.from_numpy(result["normals"]).permute(2, 0, 1)
+        torch.testing.assert_close(normals, sample.pred_normals.data)
+
+
+def test_inference_undoes_the_test_resize(setup: dict) -> None:
+    """A 2× larger image is resized by s = 0.5 to the test scale: boxes come back × 2, metric
+    depth × 0.5, maps at the large image's size; checked against predict on the resized image."""
+    model = init_model(setup["out"])
+    small = setup["images"][0]
+    large = cv2.resize(small, (2 * SIZE[1], 2 * SIZE[0]), interpolation=cv2.INTER_LINEAR)
+    resized = TRANSFORMS.build(dict(type="Resize", scale=(SIZE[1], SIZE[0])))({"img": large})
+    assert resized["scale_factor"] == (0.5, 0.5)
+    sample = predict(setup["model"], resized["img"])
+    result = inference(model, large)
+    torch.testing.assert_close(torch.from_numpy(result["boxes"]), sample.pred_instances.bboxes * 2)
+    torch.testing.assert_close(torch.from_numpy(result["scores"]), sample.pred_instances.scores)
+    assert result["seg"].shape == result["depth"].shape == large.shape[:2]
+    assert result["normals"].shape == large.shape
+    np.testing.assert_allclose(np.linalg.norm(result["normals"], axis=-1), 1.0, rtol=1e-5)
+    depth_small = cv2.resize(result["depth"], (SIZE[1], SIZE[0]), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(depth_small, 0.5 * sample.pred_depth.data[0].numpy(), rtol=0.02)
+    seg_small = result["seg"][1::2, 1::2]
+    assert (seg_small == sample.pred_sem_seg.data[0].numpy()).mean() > 0.95
+    # any size and aspect: maps at the input's size, boxes inside it
+    odd = inference(model, large[:70, :150])
+    assert odd["seg"].shape == odd["depth"].shape == (70, 150)
+    assert (odd["boxes"][:, 0::2] <= 150).all() and (odd["boxes"][:, 1::2] <= 70).all()
+
+
+def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(setup: dict) -> None:
+    model = init_model(setup["out"])
+    session = OnnxModel(setup["out"])
+    assert session.output_names == model.output_names
+    assert session.input_shape == SIZE
+    batch = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(batch)
+    actual = session(batch)
+    for name, value in expected.items():
+        assert actual[name].shape == value.shape
+        relative = (actual[name] - value).abs().max() / value.abs().max()
+        assert relative < 1e-4, f"{name}: max relative error {relative:.2e}"
+    image = setup["images"][1]
+    by_torch, by_onnx = inference(model, image), inference(session, image)
+    np.testing.assert_allclose(by_onnx["boxes"], by_torch["boxes"], atol=1e-3)
+    np.testing.assert_allclose(by_onnx["scores"], by_torch["scores"], atol=1e-5)
+    assert np.array_equal(by_onnx["labels"], by_torch["labels"])
+    assert (by_onnx["seg"] == by_torch["seg"]).mean() > 0.999
+    np.testing.assert_allclose(by_onnx["depth"], by_torch["depth"], rtol=1e-4)
+    np.testing.assert_allclose(by_onnx["normals"], by_torch["normals"], atol=1e-4)
+
+
+def test_infer_tool_writes_one_panel_per_image(setup: dict, tmp_path: Path) -> None:
+    paths = []
+    for i, image in enumerate(setup["images"]):
+        paths.append(tmp_path / f"frame{i}.png")
+        cv2.imwrite(str(paths[-1]), image[..., ::-1])
+    out_dir = tmp_path / "panels"
+    proc = run_tool("tools/infer.py", setup["out"], *paths, "--out-dir", out_dir, "--onnx")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    panels = sorted(out_dir.iterdir())
+    assert [p.name for p in panels] == ["frame0.png", "frame1.png"]
+    panel = cv2.imread(str(panels[0]))
+    assert panel.shape == (2 * SIZE[0], 2 * SIZE[1], 3)
