@@ -3,6 +3,8 @@
 python tools/benchmark.py synth [--num 40] [--height 256] [--width 512] [--json FILE]
 python tools/benchmark.py train [--config configs/ad_mtl.py] [--height 512] [--width 1024]
                                 [--batch 1] [--iters 3] [--json FILE]
+python tools/benchmark.py inference [--sizes quick full] [--batches 1 8] [--iters N] [--amp]
+                                    [--configs SIZE=CONFIG ...] [--json FILE] [--markdown FILE]
 """
 
 # ruff: noqa: E402  (the environment is set before torch is imported)
@@ -19,6 +21,7 @@ import datetime
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +31,7 @@ from adperception.data.synth import generate_sample
 from adperception.data.synth.writer import sample_stem, write_sample
 
 SYNTH_TARGET_PER_CORE = 20.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_synth(args: argparse.Namespace) -> dict:
@@ -121,6 +125,207 @@ def bench_train(args: argparse.Namespace) -> dict:
     }
 
 
+TASKS = ("det", "seg", "depth", "normals")
+SUM_ROW = "sum of single-task"
+# size name -> (four-task config, (height, width), single-task configs; None derives them)
+INFERENCE_SIZES = {
+    "quick": ("configs/quickstart.py", (128, 256), None),
+    "full": (
+        "configs/ad_mtl.py",
+        (512, 1024),
+        {task: f"configs/single_task/{task}.py" for task in TASKS},
+    ),
+}
+VARIANTS = ("fp32", "bf16", "bf16_channels_last")
+
+
+def build_inference_model(config: str, task: str | None = None):
+    """A config's network in eval mode; ``task`` keeps one head and its own branch group, the way
+    configs/single_task/*.py derive the single-task baselines from ad_mtl.py."""
+    from mmengine.config import Config
+
+    from adperception.engine import setup_runtime
+    from adperception.registry import MODELS
+
+    setup_runtime()
+    cfg = Config.fromfile(config)
+    if task is not None:
+        if task not in cfg.model.heads:
+            raise ValueError(f"{config}: model.heads has no '{task}' head to keep")
+        cfg.model.backbone.branches = {task: [task]}
+        cfg.model.heads = {task: cfg.model.heads[task]}
+    return MODELS.build(cfg.model).eval()
+
+
+def time_inference(
+    model,
+    *,
+    batch: int,
+    height: int,
+    width: int,
+    iters: int,
+    warmup: int,
+    variant: str = "fp32",
+) -> float:
+    """Median seconds per raw forward (``mode='tensor'``) of a normalised random batch, after
+    ``warmup`` untimed ones; ``variant`` adds bf16 autocast and channels-last memory."""
+    import torch
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    device = next(model.parameters()).device
+    inputs = torch.randn(batch, 3, height, width, device=device)
+    if variant == "bf16_channels_last":
+        model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant != "fp32")
+    times = []
+    with torch.inference_mode(), autocast:
+        for step in range(warmup + iters):
+            start = time.perf_counter()
+            model(inputs, mode="tensor")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_inference_one(args: argparse.Namespace) -> list[dict]:
+    """One model at each batch size, ascending, in this process. The ``inference`` command runs
+    every model in a fresh process, so that on CPU the peak-RSS growth is that model's alone."""
+    import resource
+
+    import torch
+
+    from adperception.engine import setup_runtime
+
+    setup_runtime()  # imports come before the baseline: they are not the model's memory
+    cuda = torch.cuda.is_available()
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    model = build_inference_model(args.config, args.task).to("cuda" if cuda else "cpu")
+    records = []
+    for batch in sorted(args.batches):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        latency = time_inference(
+            model,
+            batch=batch,
+            height=args.height,
+            width=args.width,
+            iters=args.iters,
+            warmup=args.warmup,
+            variant=args.variant,
+        )
+        if cuda:
+            peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:  # weights + activations: the high-water mark only rises, hence batches ascending
+            peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_start) / 1024
+        records.append(
+            {
+                "config": args.config if args.task is None else f"{args.config}[{args.task}]",
+                "tasks": list(model.heads),
+                "size": f"{args.height}x{args.width}",
+                "batch": batch,
+                "variant": args.variant,
+                "latency_s": latency,
+                "images_per_s": batch / latency,
+                "params": sum(p.numel() for p in model.parameters()),
+                "peak_mem_mb": peak_mb,
+                "device": torch.cuda.get_device_name() if cuda else "cpu",
+            }
+        )
+    return records
+
+
+def sum_of_single_task(records: list[dict]) -> dict:
+    """The four single-task models run one after another on the same batch: latencies, parameters
+    and memory add up (each model deployed in its own process)."""
+    tasks = [task for record in records for task in record["tasks"]]
+    if sorted(tasks) != sorted(TASKS):
+        raise ValueError(f"the single-task records cover tasks {tasks}, not each of {TASKS} once")
+    latency = sum(record["latency_s"] for record in records)
+    return {
+        "config": SUM_ROW,
+        "tasks": tasks,
+        "size": records[0]["size"],
+        "batch": records[0]["batch"],
+        "variant": records[0]["variant"],
+        "latency_s": latency,
+        "images_per_s": records[0]["batch"] / latency,
+        "params": sum(record["params"] for record in records),
+        "peak_mem_mb": sum(record["peak_mem_mb"] for record in records),
+        "device": records[0]["device"],
+    }
+
+
+def _run_inference_one(
+    config: str, task: str | None, size: tuple[int, int], args: argparse.Namespace, variant: str
+) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "records.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "inference-one"]
+        command += ["--config", config, "--height", str(size[0]), "--width", str(size[1])]
+        command += ["--batches", *map(str, args.batches), "--variant", variant]
+        command += ["--iters", str(args.iters), "--warmup", str(args.warmup), "--json", str(out)]
+        command += ["--task", task] if task else []
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{config} ({task or 'all tasks'}) failed:\n{done.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+def bench_inference(args: argparse.Namespace) -> list[dict]:
+    """The four-task network against the four single-task networks and their sum, per size,
+    batch and (with --amp) bf16 / channels-last variant."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    overrides = dict(item.split("=", 1) for item in args.configs)
+    unknown = set(overrides) - set(INFERENCE_SIZES)
+    if unknown:
+        raise ValueError(
+            f"--configs: unknown size(s) {sorted(unknown)}; use SIZE=CONFIG with a "
+            f"size in {sorted(INFERENCE_SIZES)}"
+        )
+    records: list[dict] = []
+    for size_name in args.sizes:
+        config, size, single = INFERENCE_SIZES[size_name]
+        if size_name in overrides:  # a user's network: its single-task variants are derived
+            config, single = str(Path(overrides[size_name]).resolve()), None
+        iters = args.iters or (20 if cuda else {"quick": 10, "full": 2}[size_name])
+        run = argparse.Namespace(batches=args.batches, iters=iters, warmup=5 if cuda else 1)
+        for variant in VARIANTS if args.amp else VARIANTS[:1]:
+            four = _run_inference_one(config, None, size, run, variant)
+            singles = [
+                _run_inference_one(single[task], None, size, run, variant)
+                if single
+                else _run_inference_one(config, task, size, run, variant)
+                for task in TASKS
+            ]
+            for index, record in enumerate(four):
+                row = [r[index] for r in singles]
+                records += [record, *row, sum_of_single_task(row)]
+    return records
+
+
+def inference_markdown(records: list[dict]) -> str:
+    """The records as one Markdown table, in the order measured."""
+    lines = [
+        "| input | batch | variant | model | tasks | latency (s) | images/s | params (M) "
+        "| peak mem (MB) | device |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        model = r["config"] if r["config"] == SUM_ROW else f"`{r['config']}`"
+        lines.append(
+            f"| {r['size'].replace('x', '×')} | {r['batch']} | {r['variant']} | {model} "
+            f"| {'+'.join(r['tasks'])} | {r['latency_s']:.3f} | {r['images_per_s']:.2f} "
+            f"| {r['params'] / 1e6:.2f} | {r['peak_mem_mb']:.0f} | {r['device']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,15 +340,46 @@ def main() -> int:
     train.add_argument("--width", type=int, default=1024)
     train.add_argument("--batch", type=int, default=1)
     train.add_argument("--iters", type=int, default=3)
-    for p in (synth, train):
+    inference = sub.add_parser("inference", help=bench_inference.__doc__)
+    inference.add_argument(
+        "--sizes", nargs="+", choices=list(INFERENCE_SIZES), default=list(INFERENCE_SIZES)
+    )
+    inference.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    inference.add_argument(
+        "--iters", type=int, help="timed forwards (default 20 on GPU; CPU: 10 quick, 2 full)"
+    )
+    inference.add_argument("--amp", action="store_true", help="also bf16 and channels-last")
+    inference.add_argument(
+        "--configs", nargs="+", default=[], metavar="SIZE=CONFIG", help="another 4-task network"
+    )
+    inference.add_argument("--markdown", type=Path, help="also write the table to this file")
+    one = sub.add_parser("inference-one", help=bench_inference_one.__doc__)
+    one.add_argument("--config", required=True)
+    one.add_argument("--task", choices=TASKS, help="keep this head only (derived single-task)")
+    one.add_argument("--height", type=int, required=True)
+    one.add_argument("--width", type=int, required=True)
+    one.add_argument("--batches", nargs="+", type=int, default=[1])
+    one.add_argument("--variant", choices=VARIANTS, default="fp32")
+    one.add_argument("--iters", type=int, default=10)
+    one.add_argument("--warmup", type=int, default=1)
+    for p in (synth, train, inference, one):
         p.add_argument("--json", type=Path, help="also write the record to this file")
     args = parser.parse_args()
-    record = {"synth": bench_synth, "train": bench_train}[args.command](args)
+    commands = {
+        "synth": bench_synth,
+        "train": bench_train,
+        "inference": bench_inference,
+        "inference-one": bench_inference_one,
+    }
+    record = commands[args.command](args)
     text = json.dumps(record, indent=2)
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
+    if args.command == "inference" and args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(inference_markdown(record))
     return 0
 
 

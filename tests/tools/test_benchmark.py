@@ -1,0 +1,119 @@
+"""tools/benchmark.py inference: the four-task network against four single-task networks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = {"det", "seg", "depth", "normals"}
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("tool_benchmark", ROOT / "tools/benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], str]:
+    """The command line at the quickstart size, batch 1, one timed forward per model."""
+    out = tmp_path_factory.mktemp("bench")
+    command = [sys.executable, str(ROOT / "tools/benchmark.py"), "inference", "--sizes", "quick"]
+    command += ["--batches", "1", "--iters", "1"]
+    command += ["--json", str(out / "r.json"), "--markdown", str(out / "r.md")]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    return json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
+
+
+def test_every_model_is_measured(quick_run: tuple[list[dict], str]) -> None:
+    records, _ = quick_run
+    keys = {"config", "tasks", "size", "batch", "latency_s", "images_per_s", "params"}
+    keys |= {"peak_mem_mb", "device", "variant"}
+    assert all(set(r) == keys for r in records)
+    assert [r["config"] for r in records] == [
+        "configs/quickstart.py",
+        "configs/quickstart.py[det]",
+        "configs/quickstart.py[seg]",
+        "configs/quickstart.py[depth]",
+        "configs/quickstart.py[normals]",
+        "sum of single-task",
+    ]
+    assert set(records[0]["tasks"]) == TASKS
+    assert [r["tasks"] for r in records[1:5]] == [["det"], ["seg"], ["depth"], ["normals"]]
+    assert all(r["size"] == "128x256" and r["batch"] == 1 for r in records)
+    assert all(r["latency_s"] > 0 and r["peak_mem_mb"] > 0 for r in records)
+
+
+def test_sum_row_adds_up_and_the_trunk_is_shared(quick_run: tuple[list[dict], str]) -> None:
+    records, _ = quick_run
+    four, singles, total = records[0], records[1:5], records[5]
+    assert math.isclose(total["latency_s"], sum(r["latency_s"] for r in singles))
+    assert total["params"] == sum(r["params"] for r in singles)
+    assert math.isclose(total["images_per_s"], 1 / total["latency_s"])
+    # One backbone stem and shared stages instead of four: fewer parameters than the sum.
+    assert four["params"] < total["params"]
+    # ... but more than any single-task model, which holds a subset of its heads.
+    assert all(four["params"] > r["params"] for r in singles)
+
+
+def test_params_match_the_built_network(quick_run: tuple[list[dict], str]) -> None:
+    from mmengine.config import Config
+
+    from adperception.engine import setup_runtime
+    from adperception.registry import MODELS
+
+    setup_runtime()
+    model = MODELS.build(Config.fromfile(str(ROOT / "configs/quickstart.py")).model)
+    assert quick_run[0][0]["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_markdown_has_one_row_per_record(quick_run: tuple[list[dict], str]) -> None:
+    records, markdown = quick_run
+    rows = [line for line in markdown.splitlines() if line.startswith("| 128×256")]
+    assert len(rows) == len(records)
+    assert "sum of single-task" in rows[-1]
+
+
+@pytest.mark.parametrize("variant", ["fp32", "bf16", "bf16_channels_last"])
+def test_variants_run_on_cpu(variant: str) -> None:
+    """The --amp code path (bf16 autocast, channels-last) runs a real derived single-task net."""
+    import torch
+
+    bench = _load_benchmark()
+    model = bench.build_inference_model(str(ROOT / "configs/quickstart.py"), "seg")
+    assert list(model.heads) == ["seg"] and not model.training
+    latency = bench.time_inference(
+        model, batch=1, height=64, width=128, iters=1, warmup=0, variant=variant
+    )
+    assert latency > 0
+    stem = next(p for p in model.parameters() if p.dim() == 4)
+    assert stem.is_contiguous(memory_format=torch.channels_last) == (
+        variant == "bf16_channels_last"
+    )
+
+
+def test_unknown_variant_and_task_are_named() -> None:
+    bench = _load_benchmark()
+    config = str(ROOT / "configs/quickstart.py")
+    with pytest.raises(ValueError, match="quickstart.py: model.heads has no 'pose'"):
+        bench.build_inference_model(config, "pose")
+    model = bench.build_inference_model(config, "depth")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        bench.time_inference(model, batch=1, height=64, width=128, iters=1, warmup=0, variant="x")
+
+
+def test_sum_requires_each_task_once() -> None:
+    bench = _load_benchmark()
+    row = dict(size="128x256", batch=1, variant="fp32", latency_s=1.0, params=1, peak_mem_mb=1.0)
+    row["device"] = "cpu"
+    records = [dict(row, config=t, tasks=[t]) for t in ("det", "seg", "depth", "depth")]
+    with pytest.raises(ValueError, match="not each of"):
+        bench.sum_of_single_task(records)
