@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         select_dist_backend,
         set_work_dir,
         setup_runtime,
+        shutdown_dist,
         validate_config,
     )
 
@@ -71,9 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg.resume = False
     select_dist_backend(cfg)
     validate_config(cfg, dataloaders=("test_dataloader",))
-    metrics = build_runner(cfg).test()
-    if args.out is not None and is_main_process():
-        dump_metrics(metrics, args.out)
+    try:
+        metrics = build_runner(cfg).test()
+        if args.out is not None and is_main_process():
+            dump_metrics(metrics, args.out)
+    finally:
+        shutdown_dist()
 
 
 if __name__ == "__main__":

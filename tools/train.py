@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         set_resume,
         set_work_dir,
         setup_runtime,
+        shutdown_dist,
         validate_config,
     )
 
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         enable_amp(cfg)
     select_dist_backend(cfg)
     validate_config(cfg, dataloaders=("train_dataloader", "val_dataloader"))
-    build_runner(cfg).train()
+    try:
+        build_runner(cfg).train()
+    finally:
+        shutdown_dist()
 
 
 if __name__ == "__main__":

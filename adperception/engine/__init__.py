@@ -20,6 +20,7 @@ from adperception.engine.runner import (
     set_resume,
     set_work_dir,
     setup_runtime,
+    shutdown_dist,
 )
 from adperception.engine.validate import ConfigError, validate_config, validate_model_tasks
 
@@ -36,6 +37,7 @@ __all__ = [
     "set_resume",
     "set_work_dir",
     "setup_runtime",
+    "shutdown_dist",
     "validate_config",
     "validate_model_tasks",
 ]

@@ -213,3 +213,16 @@ def dump_metrics(metrics: Mapping[str, object], path: str) -> None:
     text = json.dumps(dict(metrics), indent=2, sort_keys=True, default=_to_builtin)
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     write_bytes_durably(path, (text + "\n").encode())
+
+
+def shutdown_dist() -> None:
+    """Destroy the process group before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads can be destroyed while still joinable:
+    a rank then dies with "terminate called without an active exception" (SIGABRT) after its
+    training finished, and torchrun reports the whole job failed (seen on CPU, 2 ranks).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
