@@ -167,7 +167,7 @@ class MultiTaskModel(BaseModel):
 
     @torch.no_grad()
     def _probe_batch(self) -> tuple[Tensor, list[MTLDataSample]]:
-        size = 64
+        size = 256  # enough stride-8 tokens for two-stage decoders' top-k (DINO: 300 queries)
         device = next(self.parameters()).device
         generator = torch.Generator().manual_seed(0)
         inputs = torch.randn(2, 3, size, size, generator=generator).to(device)
@@ -182,7 +182,7 @@ class MultiTaskModel(BaseModel):
             )
             sample = MTLDataSample(metainfo=meta)
             sample.gt_instances = InstanceData(
-                bboxes=torch.tensor([[8.0, 8.0, 40.0, 48.0]], device=device),
+                bboxes=torch.tensor([[32.0, 32.0, 160.0, 192.0]], device=device),
                 labels=torch.zeros(1, dtype=torch.long, device=device),
             )
             sample.gt_sem_seg = PixelData(

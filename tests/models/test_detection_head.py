@@ -370,6 +370,21 @@ def test_loss_keys_finite_and_backprop_into_read_levels(name: str) -> None:
             assert feat.grad is None
 
 
+def test_three_level_detector_reads_strides_8_to_32() -> None:
+    """num_feature_levels=3 (mmdet's C3-C5 setting) skips the costly stride-4 map."""
+    cfg = _narrowed(DEFORMABLE_DETR, WIDTH)
+    cfg["num_feature_levels"] = 3
+    cfg["encoder"]["layer_cfg"]["self_attn_cfg"]["num_levels"] = 3
+    cfg["decoder"]["layer_cfg"]["cross_attn_cfg"]["num_levels"] = 3
+    head = DetectionHead(detector=cfg, num_classes=NUM_CLASSES, in_channels=WIDTH)
+    head.init_weights()
+    samples, pad_shape = _mixed_batch()
+    feats = _feats(len(samples), pad_shape, WIDTH)
+    sum(head.loss(feats, samples).values()).backward()
+    assert feats[0].grad is None
+    assert all(feat.grad.abs().sum() > 0 for feat in feats[1:])
+
+
 @pytest.mark.parametrize("name", sorted(DETECTORS))
 def test_predict_boxes_inside_img_shape(name: str) -> None:
     head = _head(name).eval()
