@@ -1,10 +1,15 @@
-"""Hooks that make a resumed run continue exactly where the interrupted one stopped."""
+"""Hooks: the RNG state that makes a resumed run continue exactly, and prediction pictures."""
 
 from __future__ import annotations
 
+import os
+
+import cv2
+import numpy as np
 import torch
 from mmengine.hooks import Hook
 
+from adperception.data.visualize import draw_sample, sample_stem
 from adperception.registry import HOOKS
 
 
@@ -62,13 +67,6 @@ class PredictionPanelHook(Hook):
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self._written >= self.num or outputs is None:
             return
-        import os
-
-        import cv2
-        import numpy as np
-
-        from adperception.data.visualize import draw_sample, sample_stem
-
         meta = runner.test_dataloader.dataset.metainfo
         style = dict(
             seg_classes=meta["classes"],
