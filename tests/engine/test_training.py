@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from adperception.data.synth import generate_dataset
+from tests.engine.test_tools import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC_KEYS = {
@@ -127,12 +127,6 @@ custom_hooks = [dict(type="CrashAfterIterHook", iteration=2)]
     # and the run did train: the weights moved from iteration 2 to 4
     mid = weights(killed / "iter_2.pth")
     assert not all(torch.equal(mid[k], b[k]) for k in b)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
