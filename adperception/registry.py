@@ -10,6 +10,9 @@
   heads (``loss(feats, data_samples) -> {name: loss}``, ``predict(feats, data_samples)`` filling
   ``pred_*`` fields, ``forward(feats)`` -> raw tensors) and the multi-task model.
 - ``METRICS``: mmengine ``BaseMetric`` subclasses over packed ``MTLDataSample`` predictions.
+- ``BALANCERS``: loss weightings and gradient aggregators (``model.balancer=dict(type=...)``),
+  built by ``adperception.balancing.build_balancer``.
+- ``MODEL_WRAPPERS``: the DDP wrapper whose train step runs the balancer.
 - ``HOOKS``, ``OPTIM_WRAPPERS``, ``RUNNERS``, ``LOOPS``: training glue in ``adperception.engine``.
 """
 
@@ -17,6 +20,7 @@ from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import METRICS as MMENGINE_METRICS
+from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
@@ -37,8 +41,18 @@ MODELS = Registry(
 METRICS = Registry(
     "metric", parent=MMENGINE_METRICS, scope="adperception", locations=["adperception.evaluation"]
 )
+BALANCERS = Registry("balancer", scope="adperception", locations=["adperception.balancing"])
+MODEL_WRAPPERS = Registry(
+    "model_wrapper",
+    parent=MMENGINE_MODEL_WRAPPERS,
+    scope="adperception",
+    locations=["adperception.engine"],
+)
 HOOKS = Registry(
-    "hook", parent=MMENGINE_HOOKS, scope="adperception", locations=["adperception.engine"]
+    "hook",
+    parent=MMENGINE_HOOKS,
+    scope="adperception",
+    locations=["adperception.engine", "adperception.diagnostics"],
 )
 OPTIM_WRAPPERS = Registry(
     "optim_wrapper",

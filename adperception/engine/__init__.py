@@ -1,11 +1,11 @@
 """Training glue: the runner, crash-safe checkpoints that load under ``weights_only=True``, and
 the start-up checks of a config.
 
-Importing this package registers its runner, hooks and optim wrappers (RUNNERS, HOOKS,
-OPTIM_WRAPPERS name it as their location).
+Importing this package registers its runner, DDP wrapper, hooks and optim wrappers (RUNNERS,
+MODEL_WRAPPERS, HOOKS, OPTIM_WRAPPERS name it as their location).
 """
 
-from adperception.engine import hooks, optim_wrapper  # noqa: F401  (registration)
+from adperception.engine import ddp, hooks, optim_wrapper  # noqa: F401  (registration)
 from adperception.engine.checkpoint import (
     AtomicCheckpointHook,
     checkpoint_safe_globals,

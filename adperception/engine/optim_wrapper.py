@@ -25,6 +25,9 @@ class MTLOptimWrapper(OptimWrapper):
 
     def __init__(self, *args, max_consecutive_nonfinite: int = 10, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._init_skipping(max_consecutive_nonfinite)
+
+    def _init_skipping(self, max_consecutive_nonfinite: int) -> None:
         if max_consecutive_nonfinite < 1:
             raise ValueError("max_consecutive_nonfinite must be >= 1")
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
@@ -51,5 +54,43 @@ class MTLOptimWrapper(OptimWrapper):
 
 @OPTIM_WRAPPERS.register_module()
 class MTLAmpOptimWrapper(MTLOptimWrapper, AmpOptimWrapper):
-    """The same skipping on top of mmengine's AMP wrapper (one GradScaler over the summed loss;
-    the scaler itself skips steps whose gradients overflow)."""
+    """The same skipping on top of mmengine's AMP wrapper: one GradScaler over all task losses
+    (the balancer scales each task's loss with it), which itself skips steps whose gradients
+    overflow.
+
+    mmengine's wrapper refuses to exist without an accelerator; on a CPU-only machine this one
+    builds torch's CPU GradScaler instead, so mixed precision (bfloat16 autocast by default,
+    ``dtype='float16'`` with loss scaling) and its overflow handling run, and are tested, there.
+    """
+
+    def __init__(
+        self,
+        *args,
+        loss_scale: str | float | dict = "dynamic",
+        dtype=None,
+        max_consecutive_nonfinite: int = 10,
+        **kwargs,
+    ) -> None:
+        if torch.cuda.is_available():
+            super().__init__(
+                *args,
+                loss_scale=loss_scale,
+                dtype=dtype,
+                max_consecutive_nonfinite=max_consecutive_nonfinite,
+                **kwargs,
+            )
+            return
+        OptimWrapper.__init__(self, *args, **kwargs)
+        self._init_skipping(max_consecutive_nonfinite)
+        self._scale_update_param = None
+        if loss_scale == "dynamic":
+            scaler_kwargs = {}
+        elif isinstance(loss_scale, float):
+            self._scale_update_param = loss_scale
+            scaler_kwargs = dict(init_scale=loss_scale)
+        elif isinstance(loss_scale, dict):
+            scaler_kwargs = dict(loss_scale)
+        else:
+            raise TypeError(f"loss_scale must be 'dynamic', a float or a dict, got {loss_scale!r}")
+        self.loss_scaler = torch.amp.GradScaler("cpu", **scaler_kwargs)
+        self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype

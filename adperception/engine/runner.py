@@ -74,14 +74,16 @@ class MTLRunner(Runner):
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg: dict | None, model: nn.Module) -> nn.Module:
-        if not self.distributed or torch.cuda.is_available() or is_model_wrapper(model):
+        if not self.distributed or is_model_wrapper(model):
             return super().wrap_model(model_wrapper_cfg, model)
         wrapper_cfg = dict(
-            type="MMDistributedDataParallel",
+            type="MTLDistributedDataParallel",
             broadcast_buffers=False,
             find_unused_parameters=self.cfg.get("find_unused_parameters", False),
         )
         wrapper_cfg.update(model_wrapper_cfg or {})
+        if torch.cuda.is_available():
+            return super().wrap_model(wrapper_cfg, model)
         return MODEL_WRAPPERS.build(wrapper_cfg, default_args=dict(module=model.to("cpu")))
 
     def register_default_hooks(self, hooks: dict | None = None) -> None:

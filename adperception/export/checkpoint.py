@@ -2,7 +2,8 @@
 
 Files:
     ``model.safetensors``  the MultiTaskModel's state_dict (fp32 or, with ``half``, fp16); no
-                           optimizer, EMA copy or any other entry of the training checkpoint;
+                           optimizer, EMA copy, balancer state or any other entry of the
+                           training checkpoint;
     ``config.json``        the resolved mmengine config (``cfg.to_dict()``), to rebuild the model;
     ``meta.json``          what inference needs around the network: tasks, output names, class
                            names and palette, normalisation, size policy, detection post-processing;
@@ -106,7 +107,13 @@ def build_model(model_cfg: Mapping) -> MultiTaskModel:
     cfg = Config(dict(model=model_cfg)).model
     if "pretrained" in cfg.backbone:
         cfg.backbone.pretrained = None
+    cfg.balancer = dict(type="EqualWeighting")  # inference balances nothing
     return MODELS.build(cfg)
+
+
+def network_state_dict(model: MultiTaskModel) -> dict[str, torch.Tensor]:
+    """The model's state without the balancer's, which only training needs."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("balancer.")}
 
 
 def read_training_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -122,8 +129,9 @@ def model_state_dict(
     model: MultiTaskModel, state_dict: Mapping[str, torch.Tensor], source: str
 ) -> dict[str, torch.Tensor]:
     """Exactly the model's own entries of ``state_dict`` (optimizer, EMA and other extra keys are
-    left out); a missing or misshapen entry is an error naming ``source``."""
-    expected = model.state_dict()
+    left out, and so is the balancer's training state); a missing or misshapen entry is an error
+    naming ``source``."""
+    expected = network_state_dict(model)
     missing = sorted(set(expected) - set(state_dict))
     if missing:
         raise ValueError(f"{source}: {len(missing)} model weights missing, e.g. {missing[:3]}")
@@ -230,5 +238,7 @@ def load_inference_model(out_dir: str | os.PathLike) -> InferenceModel:
     """The verified exported model of ``out_dir`` on the CPU, in eval mode."""
     weights, config, meta = read_exported(out_dir)
     model = build_model(Config(config).model)
-    model.load_state_dict(weights, strict=True)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) != set(model.state_dict()) - set(network_state_dict(model)):
+        raise ValueError(f"{out_dir}: weights do not match the model: {unexpected or missing}")
     return InferenceModel(model, meta).eval()

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from mmengine.logging import MessageHub, MMLogger, print_log
-from mmengine.model import BaseModel, ModuleDict
+from mmengine.model import ModuleDict
 from mmengine.structures import InstanceData, PixelData
 from torch import Tensor, nn
 
 from adperception.data.datasets.base import TASKS
 from adperception.data.structures import MTLDataSample
+from adperception.models.base import MultiTaskBaseModel
 from adperception.registry import MODELS
 
 
@@ -22,7 +23,7 @@ def _count(module: nn.Module) -> int:
 
 
 @MODELS.register_module()
-class MultiTaskModel(BaseModel):
+class MultiTaskModel(MultiTaskBaseModel):
     """Detection, segmentation, depth and normals from one partially shared network.
 
     Args:
@@ -30,6 +31,8 @@ class MultiTaskModel(BaseModel):
             later stages, and so which neck feeds which head.
         neck: one neck config (``in_channels`` is filled from the backbone), built per group.
         heads: ``{task: head config}`` for the tasks to train; a subset of ``TASKS``.
+        balancer: how the task losses are balanced (``adperception.balancing``); the default
+            is uncertainty weighting escalating to PCGrad.
         data_preprocessor: normalises and pads the batch (mmdet's ``DetDataPreprocessor``).
 
     ``loss`` returns ``loss_<task>`` for every task (a head's terms summed) and each term,
@@ -42,6 +45,7 @@ class MultiTaskModel(BaseModel):
         backbone: dict,
         neck: dict,
         heads: dict[str, dict],
+        balancer: dict | None = None,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
     ) -> None:
@@ -65,7 +69,7 @@ class MultiTaskModel(BaseModel):
         for task, head in self.heads.items():
             if head.task != task:
                 raise ValueError(f"model.heads.{task}: a '{head.task}' head cannot serve '{task}'")
-        self._parameter_tasks: dict[str, frozenset[str]] | None = None
+        self.init_balancer(balancer)
         self._report_parameters()
 
     def _report_parameters(self) -> None:
@@ -152,21 +156,8 @@ class MultiTaskModel(BaseModel):
         log_vars.update({f"nonfinite.{t}": torch.tensor(1.0) for t in bad})
         return total, log_vars
 
-    def parameter_tasks(self) -> dict[str, frozenset[str]]:
-        """Every parameter's name → the tasks whose loss depends on it.
-
-        Traced, not declared: one loss pass on a small synthetic batch (one box, every pixel
-        valid) and each task's loss differentiated with respect to all trainable parameters; a
-        parameter belongs to a task when it is in that loss's autograd graph. This finds what a
-        declaration would miss, e.g. that a single-level DETR reads only the FPN's stride-32
-        output and not its finer levels. Frozen parameters keep the backbone's declared map.
-        """
-        if self._parameter_tasks is None:
-            self._parameter_tasks = self._trace_parameter_tasks()
-        return self._parameter_tasks
-
     @torch.no_grad()
-    def _probe_batch(self) -> tuple[Tensor, list[MTLDataSample]]:
+    def probe_batch(self) -> tuple[Tensor, list[MTLDataSample]]:
         size = 256  # enough stride-8 tokens for two-stage decoders' top-k (DINO: 300 queries)
         device = next(self.parameters()).device
         generator = torch.Generator().manual_seed(0)
@@ -195,22 +186,11 @@ class MultiTaskModel(BaseModel):
             samples.append(sample)
         return inputs, samples
 
-    def _trace_parameter_tasks(self) -> dict[str, frozenset[str]]:
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        owners: dict[str, set[str]] = {n: set() for n, _ in self.named_parameters()}
+    def frozen_parameter_tasks(self) -> dict[str, set[str]]:
+        """Frozen backbone parameters keep the backbone's declared task map."""
         declared = self.backbone.parameter_tasks()
-        for name, param in self.named_parameters():
-            if not param.requires_grad and name.startswith("backbone."):
-                owners[name] = set(declared[name[len("backbone.") :]]) & set(self.tasks)
-        losses = self.loss(*self._probe_batch())
-        for task in self.tasks:
-            grads = torch.autograd.grad(
-                losses[f"loss_{task}"],
-                [p for _, p in named],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            for (name, _), grad in zip(named, grads, strict=True):
-                if grad is not None:
-                    owners[name].add(task)
-        return {name: frozenset(tasks) for name, tasks in owners.items()}
+        return {
+            name: set(declared[name[len("backbone.") :]]) & set(self.tasks)
+            for name, param in self.named_parameters()
+            if not param.requires_grad and name.startswith("backbone.")
+        }

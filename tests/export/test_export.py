@@ -100,10 +100,12 @@ def test_directory_holds_weights_config_metadata_and_checksums(setup: dict) -> N
     assert manifest["versions"]["torch"] == torch.__version__
     assert set(manifest["sha256"]) == names - {"manifest.json"}
     weights = load_file(out / "model.safetensors")
-    # exactly the model's weights: the optimizer and EMA entries of the checkpoint are gone
-    assert weights.keys() == setup["model"].state_dict().keys()
-    for key, value in setup["model"].state_dict().items():
-        torch.testing.assert_close(weights[key], value, rtol=0, atol=0)
+    # exactly the network's weights: the optimizer, EMA and balancer entries are gone
+    state = setup["model"].state_dict()
+    assert weights.keys() == {k for k in state if not k.startswith("balancer.")}
+    assert any(k.startswith("balancer.") for k in state)
+    for key, value in weights.items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["det_classes"] == list(SynthDrive.METAINFO["det_classes"])
     assert meta["seg_classes"] == list(SynthDrive.METAINFO["classes"])

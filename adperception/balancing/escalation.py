@@ -1,0 +1,94 @@
+"""The default balancer: uncertainty weighting that escalates to PCGrad on persistent conflict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from mmengine.logging import MMLogger, print_log
+from torch import nn
+
+from adperception.balancing.balancer import GradientBalancer
+from adperception.balancing.stats import GradientStats
+from adperception.balancing.weighting import Weighting
+from adperception.diagnostics.gradients import conflict_rate
+from adperception.registry import BALANCERS
+
+
+@BALANCERS.register_module()
+class Escalation(GradientBalancer):
+    """Uncertainty weighting that switches to PCGrad when gradient conflict persists.
+
+    Every ``interval`` steps the per-task gradients are measured (the step's update is the
+    plain weighted one, so measuring changes nothing) and the conflict rate of each sharing
+    group is taken; the largest feeds an exponential moving average (``momentum``). When that
+    average exceeds ``threshold`` at ``patience`` measurements in a row, PCGrad takes over on
+    the weighted task gradients, with ``surgery_interval`` as for ``PCGrad``, while the
+    weighting (and uncertainty weighting's log-variances) keeps learning. The switch is logged
+    with its evidence, and the state is buffers, so it is in every checkpoint and resumes.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        weighting: dict | Weighting | None = None,
+        interval: int = 50,
+        threshold: float = 0.4,
+        momentum: float = 0.8,
+        patience: int = 5,
+        **kwargs,
+    ) -> None:
+        if weighting is None:
+            weighting = dict(type="UncertaintyWeighting")
+        super().__init__(tasks, weighting=weighting, **kwargs)
+        if interval < 1 or patience < 1 or not 0.0 <= momentum < 1.0:
+            raise ValueError("Escalation: interval >= 1, patience >= 1, 0 <= momentum < 1")
+        self.interval = interval
+        self.threshold = threshold
+        self.momentum = momentum
+        self.patience = patience
+        self.register_buffer("escalated", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("escalated_at", torch.full((), -1, dtype=torch.long))
+        self.register_buffer("conflict_ema", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("measurements", torch.zeros((), dtype=torch.long))
+        self.register_buffer("above_threshold", torch.zeros((), dtype=torch.long))
+
+    def active_aggregator(self) -> str | None:
+        return "pcgrad" if bool(self.escalated) else None
+
+    def needs_task_gradients(self, model: nn.Module) -> bool:
+        if super().needs_task_gradients(model):
+            return True
+        return (
+            bool(self.layout(model).groups)
+            and not bool(self.escalated)
+            and int(self.num_steps) % self.interval == 0
+        )
+
+    def _after_measurement(self, stats: GradientStats) -> None:
+        if bool(self.escalated):
+            return
+        rates = {name: conflict_rate(group.gram) for name, group in stats.groups.items()}
+        worst = max(rates.values())
+        if int(self.measurements) == 0:
+            self.conflict_ema.fill_(worst)
+        else:
+            self.conflict_ema.mul_(self.momentum).add_((1 - self.momentum) * worst)
+        self.measurements += 1
+        if float(self.conflict_ema) > self.threshold:
+            self.above_threshold += 1
+        else:
+            self.above_threshold.zero_()
+        if int(self.above_threshold) < self.patience:
+            return
+        self.escalated.fill_(True)
+        self.escalated_at.fill_(stats.iter)
+        evidence = ", ".join(f"{name}: {rate:.2f}" for name, rate in rates.items())
+        print_log(
+            f"balancer escalates to PCGrad at step {stats.iter}: the moving average of the "
+            f"conflict rate, {float(self.conflict_ema):.3f}, stayed above {self.threshold} for "
+            f"{self.patience} measurements {self.interval} steps apart (this measurement, per "
+            f"sharing group: {evidence})",
+            logger=MMLogger.get_current_instance(),
+            level=30,
+        )

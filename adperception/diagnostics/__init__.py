@@ -1,0 +1,23 @@
+"""Training diagnostics (DESIGN.md §6): what the task gradients on shared parameters say, logged by
+``GradientDiagnosticsHook``. The pictures of those logs are in ``adperception.diagnostics.plots``
+(not imported here: it needs matplotlib, training does not)."""
+
+from adperception.diagnostics.gradients import (
+    collapsed_tasks,
+    conflict_rate,
+    cosine_matrix,
+    relative_improvement,
+    sign_flip_rate,
+    task_norms,
+)
+from adperception.diagnostics.hooks import GradientDiagnosticsHook
+
+__all__ = [
+    "GradientDiagnosticsHook",
+    "collapsed_tasks",
+    "conflict_rate",
+    "cosine_matrix",
+    "relative_improvement",
+    "sign_flip_rate",
+    "task_norms",
+]

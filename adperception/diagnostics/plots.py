@@ -1,0 +1,218 @@
+"""Pictures of a training run from mmengine's scalar log (``<work_dir>/<timestamp>/vis_data/
+scalars.json``, one JSON object per line with its ``step``): the per-task losses and weights of the
+training log, and the ``diag/...`` scalars of ``GradientDiagnosticsHook``.
+
+Matplotlib's object API (``Figure``) draws with Agg without touching pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+#: mmengine's run folders: ``%Y%m%d_%H%M%S``, which sorts by time.
+RUN_DIR = re.compile(r"\d{8}_\d{6}")
+
+
+@dataclass
+class Series:
+    """One scalar's values at the steps (1-based iterations) it was logged."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+
+def read_scalars(path: str | Path) -> dict[str, Series]:
+    """Every numeric key of a ``scalars.json`` as a series, keys in order of first appearance.
+
+    mmengine ends every record with a newline, so a last line without one is a record cut short
+    (the run was killed while writing it) and is left out."""
+    scalars: dict[str, Series] = {}
+    text = Path(path).read_text()
+    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+    for line in lines:
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        step = int(record.pop("step"))
+        for key, value in record.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                series = scalars.setdefault(key, Series())
+                series.steps.append(step)
+                series.values.append(float(value))
+    return scalars
+
+
+def find_scalars(work_dir: str | Path) -> Path:
+    """The ``scalars.json`` of the newest run under ``work_dir`` that trained (has a ``loss``):
+    a later ``tools/test.py`` run in the same work dir logs metrics only."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        raise FileNotFoundError(f"{work_dir} is not a directory")
+    runs = sorted((p for p in work_dir.iterdir() if RUN_DIR.fullmatch(p.name)), reverse=True)
+    files = [run / "vis_data" / "scalars.json" for run in runs]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise FileNotFoundError(
+            f"no mmengine logs in {work_dir}: expected {work_dir}/<timestamp>/vis_data/scalars.json"
+            " (written by the LocalVisBackend of the config's visualizer)"
+        )
+    for path in files:
+        if "loss" in read_scalars(path):
+            return path
+    raise ValueError(
+        f"no training losses in {', '.join(map(str, files))}: these runs only evaluated"
+    )
+
+
+def with_prefix(scalars: dict[str, Series], prefix: str) -> dict[str, Series]:
+    """The series under ``prefix`` (one level deep), keyed by the rest of their name:
+    ``with_prefix(s, "diag/det+seg/cos/")`` -> ``{"det-seg": ...}``."""
+    return {
+        key[len(prefix) :]: series
+        for key, series in scalars.items()
+        if key.startswith(prefix) and "/" not in key[len(prefix) :]
+    }
+
+
+def diagnostic_groups(scalars: dict[str, Series]) -> list[str]:
+    """The sharing groups (``det+seg``) that ``GradientDiagnosticsHook`` logged."""
+    return [
+        key.split("/")[1]
+        for key in scalars
+        if key.startswith("diag/") and key.endswith("/conflict_rate")
+    ]
+
+
+def write_plots(scalars: dict[str, Series], out_dir: str | Path) -> tuple[list[Path], list[str]]:
+    """Draws ``losses.png``, ``weights.png``, ``grad_norms.png``, ``cosine.png`` and
+    ``conflict.png`` into ``out_dir``; returns the files written and why any were not."""
+    losses = with_prefix(scalars, "loss_")
+    if not losses:
+        raise ValueError("no per-task losses (loss_<task>) in the log")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    colors = {task: f"C{i}" for i, task in enumerate(losses)}
+    written, skipped = [_plot_losses(losses, colors, out_dir / "losses.png")], []
+    weights = with_prefix(scalars, "weight_") or with_prefix(scalars, "diag/weight/")
+    if weights:
+        written.append(_plot_weights(weights, colors, out_dir / "weights.png"))
+    else:
+        skipped.append("weights.png: no task weights (weight_<task> or diag/weight/<task>)")
+    groups = diagnostic_groups(scalars)
+    if not groups:
+        skipped.append(
+            "grad_norms.png, cosine.png, conflict.png: no diag/ scalars in the log "
+            "(add GradientDiagnosticsHook to custom_hooks)"
+        )
+        return written, skipped
+    written.append(_plot_grad_norms(scalars, groups, colors, out_dir / "grad_norms.png"))
+    written.append(_plot_cosine(scalars, groups, out_dir / "cosine.png"))
+    written.append(_plot_conflict(scalars, groups, out_dir / "conflict.png"))
+    return written, skipped
+
+
+def _lines(
+    ax: Axes, series: dict[str, Series], colors: dict[str, str], suffix: str = "", **style
+) -> None:
+    for name, s in series.items():
+        ax.plot(s.steps, s.values, color=colors.get(name), label=name + suffix, **style)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _plot_losses(losses: dict[str, Series], colors: dict[str, str], path: Path) -> Path:
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    _lines(ax, losses, colors)
+    ax.set(yscale="log", xlabel="iteration", ylabel="loss (log)", title="per-task training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _plot_weights(weights: dict[str, Series], colors: dict[str, str], path: Path) -> Path:
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    _lines(ax, weights, colors)
+    ax.set(xlabel="iteration", ylabel="loss weight", title="task loss weights")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _plot_grad_norms(
+    scalars: dict[str, Series], groups: list[str], colors: dict[str, str], path: Path
+) -> Path:
+    fig = Figure(figsize=(5 * len(groups) + 1, 4.5), layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False, sharex=True)[0]
+    for ax, group in zip(axes, groups, strict=True):
+        _lines(ax, with_prefix(scalars, f"diag/{group}/grad_norm/"), colors, marker=".")
+        weighted = with_prefix(scalars, f"diag/{group}/weighted_grad_norm/")
+        _lines(ax, weighted, colors, " (weighted)", linestyle="--", alpha=0.7)
+        ax.set(yscale="log", xlabel="iteration", title=group)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("gradient norm on shared parameters (log)")
+    return _save(fig, path)
+
+
+def _edges(steps: np.ndarray) -> np.ndarray:
+    """Cell edges halfway between measurement steps, so cells span the time they stand for."""
+    if len(steps) == 1:
+        return np.array([steps[0] - 0.5, steps[0] + 0.5])
+    mid = (steps[1:] + steps[:-1]) / 2
+    return np.concatenate([[2 * steps[0] - mid[0]], mid, [2 * steps[-1] - mid[-1]]])
+
+
+def _plot_cosine(scalars: dict[str, Series], groups: list[str], path: Path) -> Path:
+    pairs = {group: with_prefix(scalars, f"diag/{group}/cos/") for group in groups}
+    heights = [max(len(p), 1) + 1 for p in pairs.values()]
+    fig = Figure(figsize=(9, 0.45 * sum(heights) + 1.2), layout="constrained")
+    axes = fig.subplots(len(groups), 1, squeeze=False, sharex=True, height_ratios=heights)[:, 0]
+    mesh = None
+    for ax, (group, series) in zip(axes, pairs.items(), strict=True):
+        steps = np.array(sorted({step for s in series.values() for step in s.steps}), dtype=float)
+        grid = np.full((len(series), len(steps)), np.nan)
+        for row, s in enumerate(series.values()):
+            grid[row, np.searchsorted(steps, s.steps)] = s.values
+        mesh = ax.pcolormesh(
+            _edges(steps),
+            np.arange(len(series) + 1),
+            np.ma.masked_invalid(grid),
+            cmap="RdBu",
+            vmin=-1,
+            vmax=1,
+        )
+        ax.set_yticks(np.arange(len(series)) + 0.5, list(series))
+        ax.invert_yaxis()
+        ax.set_title(f"{group}: gradient cosine per task pair")
+    axes[-1].set_xlabel("iteration (measurement)")
+    fig.colorbar(mesh, ax=list(axes), label="cosine (red: conflict)")
+    return _save(fig, path)
+
+
+def _plot_conflict(scalars: dict[str, Series], groups: list[str], path: Path) -> Path:
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    colors = {group: f"C{i}" for i, group in enumerate(groups)}
+    for ax, metric, title in (
+        (axes[0], "conflict_rate", "conflict rate (pairs with negative cosine)"),
+        (axes[1], "sign_flip_rate", "sign-flip rate of the shared update"),
+    ):
+        series = {g: scalars[key] for g in groups if (key := f"diag/{g}/{metric}") in scalars}
+        _lines(ax, series, colors, marker=".")
+        ax.set(xlabel="iteration", title=title, ylim=(-0.03, 1.03))
+        ax.grid(True, alpha=0.3)
+        if series:
+            ax.legend(fontsize="small")
+    return _save(fig, path)

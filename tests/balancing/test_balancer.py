@@ -1,0 +1,240 @@
+"""The balancer's training step against gradients computed independently, task by task.
+
+The reference takes each task's full gradient with ``torch.autograd.grad`` on a copy of the
+model, applies ``functional``'s aggregator to each sharing group's matrix and plain weighting to
+everything else, and one SGD step (lr 1) turns that into the expected parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from mmengine.logging import MessageHub
+from mmengine.optim import OptimWrapper
+
+from adperception.balancing import functional
+from adperception.engine.optim_wrapper import MTLAmpOptimWrapper, MTLOptimWrapper
+from tests.balancing.models_for_tests import TASKS, BranchedRegressor, batch, tie_tasks
+
+
+def make(balancer: dict | None, seed: int = 0) -> tuple[BranchedRegressor, OptimWrapper]:
+    torch.manual_seed(seed)
+    model = BranchedRegressor(balancer)
+    return model, MTLOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=1.0))
+
+
+def reference_update(
+    model: BranchedRegressor,
+    data: dict,
+    weights: torch.Tensor,
+    aggregate,
+) -> dict[str, torch.Tensor]:
+    """Expected ``param - new_param`` after one step of lr 1, computed without the balancer."""
+    reference = copy.deepcopy(model)
+    losses = reference.loss(data["inputs"], data["data_samples"])
+    named = [(n, p) for n, p in reference.named_parameters() if not n.startswith("balancer.")]
+    per_task = {}
+    for i, task in enumerate(TASKS):
+        grads = torch.autograd.grad(
+            weights[i] * losses[f"loss_{task}"],
+            [p for _, p in named],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        per_task[task] = {
+            n: torch.zeros_like(p) if g is None else g
+            for (n, p), g in zip(named, grads, strict=True)
+        }
+    layout = model.balancer.layout(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    expected = {n: torch.zeros_like(p) for n, p in named}
+    for group in layout.groups:
+        group_names = [names[id(p)] for p in group.params]
+        rows = torch.stack(
+            [torch.cat([per_task[t][n].reshape(-1) for n in group_names]) for t in group.tasks]
+        )
+        update = aggregate(group, rows)
+        pieces = update.split([per_task["a"][n].numel() for n in group_names])
+        for name, piece in zip(group_names, pieces, strict=True):
+            expected[name] = piece.view_as(expected[name])
+    for task, params in layout.private.items():
+        for param in params:
+            expected[names[id(param)]] = per_task[task][names[id(param)]]
+    return expected
+
+
+def step_and_diff(model, optim_wrapper, data) -> dict[str, torch.Tensor]:
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.train_step(data, optim_wrapper)
+    return {n: before[n] - p.detach() for n, p in model.named_parameters()}
+
+
+def assert_updates(actual: dict, expected: dict, atol: float = 1e-6) -> None:
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=1e-5, atol=atol, msg=name)
+
+
+def test_layout_of_the_branched_regressor() -> None:
+    model, _ = make(dict(type="PCGrad"))
+    layout = model.balancer.layout(model)
+    assert [g.name for g in layout.groups] == ["a+b", "a+b+c"]  # largest first
+    assert layout.groups[1].params == tuple(model.trunk.parameters())
+    private_c = {*model.branch_c.parameters(), *model.heads["c"].parameters()}
+    assert set(layout.private["c"]) == private_c
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "name"),
+    [
+        ("PCGrad", "pcgrad"),
+        ("MGDA", "mgda"),
+        ("IMTLG", "imtl_g"),
+        ("CAGrad", "cagrad"),
+        ("NashMTL", "nash_mtl"),
+    ],
+)
+def test_exact_surgery_per_sharing_group_with_static_weights(aggregator: str, name: str) -> None:
+    weighting = dict(type="StaticWeighting", weights=dict(a=1.0, b=2.0, c=0.5))
+    model, optim_wrapper = make(dict(type=aggregator, weighting=weighting, seed=7))
+    data = batch(1)
+    generator = torch.Generator().manual_seed(7)  # the balancer's seed + step 0, groups in order
+
+    def aggregate(group, rows):
+        kwargs = {"generator": generator} if name == "pcgrad" else {}
+        a = functional.AGGREGATORS[name](rows.double() @ rows.double().T, **kwargs)
+        return a.to(rows) @ rows
+
+    expected = reference_update(model, data, torch.tensor([1.0, 2.0, 0.5]), aggregate)
+    assert_updates(step_and_diff(model, optim_wrapper, data), expected)
+
+
+def test_pcgrad_projects_away_the_conflict_in_each_group() -> None:
+    model, optim_wrapper = make(dict(type="PCGrad"))
+    model.balancer.measure_next_step = True
+    model.train_step(batch(2), optim_wrapper)
+    stats = model.balancer.stats
+    gram = stats.groups["a+b"].gram
+    assert gram[0, 1] < 0  # the constructed targets conflict on branch_ab
+    a = stats.groups["a+b"].aggregator_weights.double()
+    update_dot_task = gram @ a  # ⟨Σ_j a_j g_j, g_i⟩
+    assert (update_dot_task >= -1e-9).all()
+
+
+def test_chunked_task_gradients_give_the_same_update() -> None:
+    results = []
+    for chunk_numel in (None, 10):
+        model, optim_wrapper = make(dict(type="PCGrad", chunk_numel=chunk_numel, seed=3))
+        results.append(step_and_diff(model, optim_wrapper, batch(4)))
+        peak = model.balancer.peak_task_gradient_bytes
+        if chunk_numel is None:
+            full = peak
+    assert peak < full  # at most T × (one 10-element chunk + the largest tensor) held
+    assert_updates(results[1], results[0])
+
+
+def test_amortised_steps_apply_the_last_surgery_weights_with_one_backward() -> None:
+    model, optim_wrapper = make(dict(type="MGDA", surgery_interval=3))
+    model.balancer.measure_next_step = True
+    model.train_step(batch(5), optim_wrapper)
+    agg = {name: g.aggregator_weights.double() for name, g in model.balancer.stats.groups.items()}
+    # each task's coefficient: its weight in the largest group it belongs to ({a, b} for a and b)
+    coefficients = torch.tensor(
+        [agg["a+b"][0], agg["a+b"][1], agg["a+b+c"][2]], dtype=torch.float64
+    )
+    torch.testing.assert_close(model.balancer.task_coefficients, coefficients)
+    assert not model.balancer.needs_task_gradients(model)
+    data = batch(6)
+    # one backward of Σ c_i w_i L_i (w = 1): per task c_i ∇L_i, summed in every group
+    per_task = reference_update(model, data, coefficients.float(), lambda group, rows: rows.sum(0))
+    assert_updates(step_and_diff(model, optim_wrapper, data), per_task)
+
+
+def test_measurement_step_changes_nothing_for_a_plain_weighting() -> None:
+    """Uncertainty weighting with and without per-task gradients: the same step, log-variances
+    included (their gradient is -½e^(-s)·L + ½)."""
+    updates = []
+    for measure in (False, True):
+        model, optim_wrapper = make(dict(type="UncertaintyWeighting", init_log_var=0.3))
+        data = batch(7)
+        losses = model.loss(data["inputs"], data["data_samples"])
+        model.balancer.measure_next_step = measure
+        updates.append(step_and_diff(model, optim_wrapper, data))
+        expected_s = torch.stack(
+            [
+                -0.5 * torch.exp(torch.tensor(-0.3)) * losses[f"loss_{t}"].detach() + 0.5
+                for t in TASKS
+            ]
+        )
+        torch.testing.assert_close(updates[-1]["balancer.weighting.log_vars"], expected_s)
+    assert_updates(updates[1], updates[0])
+
+
+def _escalation_run(conflict: bool, steps: int = 8) -> BranchedRegressor:
+    cfg = dict(type="Escalation", interval=1, threshold=0.4, momentum=0.5, patience=3)
+    model, optim_wrapper = make(cfg)
+    if not conflict:
+        tie_tasks(model)
+    for step in range(steps):
+        model.train_step(batch(10 + step, conflict=conflict), optim_wrapper)
+    return model
+
+
+def test_escalation_switches_to_pcgrad_on_conflict_and_survives_a_checkpoint() -> None:
+    model = _escalation_run(conflict=True)
+    balancer = model.balancer
+    assert bool(balancer.escalated)
+    assert int(balancer.escalated_at) == 2  # three measurements (steps 0, 1, 2) above 0.4
+    assert balancer.active_aggregator() == "pcgrad"
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed, _ = make(dict(type="Escalation", interval=1, threshold=0.4, momentum=0.5, patience=3))
+    assert not bool(resumed.balancer.escalated)
+    resumed.load_state_dict(state)
+    assert bool(resumed.balancer.escalated) and int(resumed.balancer.escalated_at) == 2
+    assert resumed.balancer.active_aggregator() == "pcgrad"
+    assert resumed.balancer.needs_task_gradients(resumed)
+
+
+def test_escalation_stays_with_uncertainty_weighting_when_tasks_agree() -> None:
+    model = _escalation_run(conflict=False)
+    assert not bool(model.balancer.escalated)
+    assert int(model.balancer.measurements) == 8
+    assert float(model.balancer.conflict_ema) == 0.0
+
+
+@pytest.mark.parametrize("aggregator", ["NashMTL", "PCGrad"])
+def test_amp_aggregates_unscaled_gradients(aggregator: str) -> None:
+    """Nash-MTL's weights change with the gradients' scale: only unscaled aggregation gives the
+    same step under two loss scales (powers of two, so scaling itself is exact)."""
+    results = []
+    for scale in (2.0**4, 2.0**12):
+        torch.manual_seed(0)
+        model = BranchedRegressor(dict(type=aggregator))
+        optim_wrapper = MTLAmpOptimWrapper(
+            optimizer=torch.optim.SGD(model.parameters(), lr=1.0), loss_scale=scale
+        )
+        results.append(step_and_diff(model, optim_wrapper, batch(8)))
+    assert_updates(results[1], results[0], atol=1e-7)
+
+
+def test_amp_skips_a_step_whose_task_gradient_overflows_and_counts_the_task() -> None:
+    torch.manual_seed(0)
+    # task c's loss is finite; weighted and scaled, its gradient is not
+    weighting = dict(type="StaticWeighting", weights=dict(c=1e36))
+    model = BranchedRegressor(dict(type="PCGrad", weighting=weighting))
+    optim_wrapper = MTLAmpOptimWrapper(
+        optimizer=torch.optim.SGD(model.parameters(), lr=1.0), loss_scale=dict(init_scale=2.0**16)
+    )
+    data = batch(9)
+    hub = MessageHub.get_current_instance()
+    before_count = hub.get_info("nonfinite_grad/c", 0)
+    diff = step_and_diff(model, optim_wrapper, data)
+    assert all(float(d.abs().max()) == 0.0 for d in diff.values())
+    assert hub.get_info("nonfinite_grad/c", 0) == before_count + 1
+    assert hub.get_info("nonfinite_grad/a", 0) == 0
+    assert optim_wrapper.loss_scaler.get_scale() == 2.0**15
