@@ -3,6 +3,8 @@
 python tools/benchmark.py synth [--num 40] [--height 256] [--width 512] [--json FILE]
 python tools/benchmark.py train [--config configs/ad_mtl.py] [--height 512] [--width 1024]
                                 [--batch 1] [--iters 3] [--json FILE]
+python tools/benchmark.py balancers [--config configs/quickstart.py] [--batch 2] [--iters 8]
+                                    [--methods NAME ...] [--json FILE]
 python tools/benchmark.py inference [--sizes quick full] [--batches 1 8] [--iters N] [--amp]
                                     [--configs SIZE=CONFIG ...] [--json FILE] [--markdown FILE]
 """
@@ -66,28 +68,16 @@ def bench_synth(args: argparse.Namespace) -> dict:
     }
 
 
-def bench_train(args: argparse.Namespace) -> dict:
-    """Training iterations per second of a config's model (forward, backward, AdamW step) on
-    SynthDrive frames rendered at the requested size."""
-    import torch
-    from mmengine.config import Config
+def _synth_batch(batch: int, height: int, width: int) -> dict:
+    """A packed training batch of SynthDrive frames rendered at ``height`` × ``width``."""
     from mmengine.dataset import pseudo_collate
-    from mmengine.optim import build_optim_wrapper
 
     from adperception.data.datasets.cityscapes import TRAIN_ID_LUT, instance_boxes
     from adperception.data.transforms import PackMTLInputs
-    from adperception.engine import setup_runtime
-    from adperception.registry import MODELS
 
-    setup_runtime()
-    cfg = Config.fromfile(args.config)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    model.train()
-    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     samples = []
-    for index in range(args.batch):
-        _, frame = generate_sample(0, "train", index, height=args.height, width=args.width)
+    for index in range(batch):
+        _, frame = generate_sample(0, "train", index, height=height, width=width)
         boxes, labels = instance_boxes(frame.instance_ids)
         samples.append(
             PackMTLInputs()(
@@ -103,7 +93,34 @@ def bench_train(args: argparse.Namespace) -> dict:
                 )
             )
         )
-    batch = pseudo_collate(samples)
+    return pseudo_collate(samples)
+
+
+def _build_trainable(config: str, balancer: dict | None = None):
+    """The config's model, initialised, in train mode, with its optim wrapper."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+
+    from adperception.engine import setup_runtime
+    from adperception.registry import MODELS
+
+    setup_runtime()
+    cfg = Config.fromfile(config)
+    if balancer is not None:
+        cfg.model.balancer = balancer
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    return cfg, model, build_optim_wrapper(model, cfg.optim_wrapper)
+
+
+def bench_train(args: argparse.Namespace) -> dict:
+    """Training iterations per second of a config's model (forward, backward, AdamW step) on
+    SynthDrive frames rendered at the requested size."""
+    import torch
+
+    _, model, wrapper = _build_trainable(args.config)
+    batch = _synth_batch(args.batch, args.height, args.width)
     times = []
     for _ in range(args.iters + 1):  # the first iteration warms up
         start = time.perf_counter()
@@ -123,6 +140,75 @@ def bench_train(args: argparse.Namespace) -> dict:
         "iters_per_s": 1.0 / step,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
+
+
+# benchmark name -> model.balancer; "equal" is the baseline of every ratio
+BALANCER_METHODS = {
+    "equal": dict(type="EqualWeighting"),
+    "static": dict(type="StaticWeighting", weights=dict(det=1.0, seg=1.0, depth=0.5, normals=0.5)),
+    "uncertainty": dict(type="UncertaintyWeighting"),
+    "dwa": dict(type="DWA", epoch_iters=2),
+    "gradnorm": dict(type="GradNorm"),
+    "trend": dict(type="TrendWeighting", warmup=2),
+    "pcgrad": dict(type="PCGrad"),
+    "cagrad": dict(type="CAGrad"),
+    "imtlg": dict(type="IMTLG"),
+    "mgda": dict(type="MGDA"),
+    "nash_mtl": dict(type="NashMTL"),
+    "escalation": dict(type="Escalation"),
+    "pcgrad_k8": dict(type="PCGrad", surgery_interval=8),
+    "pcgrad_chunked": dict(type="PCGrad", chunk_numel=1 << 18),
+    "pcgrad_reference": dict(type="PCGradReference"),
+}
+
+
+def bench_balancers(args: argparse.Namespace) -> dict:
+    """Seconds per training step of the config's model under each balancer, side by side.
+
+    Every method trains a fresh copy of the same initial model on the same batch. ``step_s``
+    is the median step; for an amortised method (``surgery_interval`` k > 1) it is the mean
+    over whole cycles of k steps, which the median would hide the surgery step from.
+    ``task_grad_peak_mb``: the most memory the per-task gradients held at once.
+    """
+    import torch
+
+    methods = args.methods or list(BALANCER_METHODS)
+    unknown = sorted(set(methods) - set(BALANCER_METHODS))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; known: {list(BALANCER_METHODS)}")
+    if "equal" not in methods:
+        methods = ["equal", *methods]
+    cfg, _, _ = _build_trainable(args.config)
+    height, width = cfg.get("crop_size", (args.height, args.width))
+    batch = _synth_batch(args.batch, height, width)
+    records = {}
+    for name in methods:
+        balancer = BALANCER_METHODS[name]
+        torch.manual_seed(0)
+        _, model, wrapper = _build_trainable(args.config, balancer)
+        model.train_step(batch, wrapper)  # warm-up; the parameter-task tracing happens here
+        interval = balancer.get("surgery_interval", 1)
+        steps = max(args.iters, interval) // interval * interval
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            model.train_step(batch, wrapper)
+            times.append(time.perf_counter() - start)
+        peak = model.balancer.peak_task_gradient_bytes
+        records[name] = {
+            "step_s": statistics.mean(times) if interval > 1 else statistics.median(times),
+            "task_grad_peak_mb": peak / 2**20 if peak else None,
+        }
+        print(f"{name:>18}: {records[name]['step_s']:.3f} s/step", file=sys.stderr)
+    for record in records.values():
+        record["ratio_to_equal"] = record["step_s"] / records["equal"]["step_s"]
+    print(
+        f"{args.config} at {height}x{width}, batch {args.batch}, {datetime.date.today()}, "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'} "
+        f"({torch.get_num_threads()} threads)",
+        file=sys.stderr,
+    )
+    return records
 
 
 TASKS = ("det", "seg", "depth", "normals")
@@ -340,6 +426,13 @@ def main() -> int:
     train.add_argument("--width", type=int, default=1024)
     train.add_argument("--batch", type=int, default=1)
     train.add_argument("--iters", type=int, default=3)
+    balancers = sub.add_parser("balancers", help=bench_balancers.__doc__)
+    balancers.add_argument("--config", default="configs/quickstart.py")
+    balancers.add_argument("--batch", type=int, default=2)
+    balancers.add_argument("--iters", type=int, default=8, help="timed steps per method")
+    balancers.add_argument("--height", type=int, default=128, help="without crop_size in config")
+    balancers.add_argument("--width", type=int, default=256, help="without crop_size in config")
+    balancers.add_argument("--methods", nargs="+", choices=list(BALANCER_METHODS))
     inference = sub.add_parser("inference", help=bench_inference.__doc__)
     inference.add_argument(
         "--sizes", nargs="+", choices=list(INFERENCE_SIZES), default=list(INFERENCE_SIZES)
@@ -362,12 +455,13 @@ def main() -> int:
     one.add_argument("--variant", choices=VARIANTS, default="fp32")
     one.add_argument("--iters", type=int, default=10)
     one.add_argument("--warmup", type=int, default=1)
-    for p in (synth, train, inference, one):
+    for p in (synth, train, balancers, inference, one):
         p.add_argument("--json", type=Path, help="also write the record to this file")
     args = parser.parse_args()
     commands = {
         "synth": bench_synth,
         "train": bench_train,
+        "balancers": bench_balancers,
         "inference": bench_inference,
         "inference-one": bench_inference_one,
     }

@@ -19,6 +19,7 @@ from adperception.balancing.balancer import (
 )
 from adperception.balancing.escalation import Escalation
 from adperception.balancing.layout import SharingGroup, SharingLayout, group_name
+from adperception.balancing.reference import PCGradReference
 from adperception.balancing.stats import GradientStats, GroupGradients
 from adperception.balancing.weighting import (
     DWA,
@@ -43,6 +44,7 @@ __all__ = [
     "MGDA",
     "NashMTL",
     "PCGrad",
+    "PCGradReference",
     "SharingGroup",
     "SharingLayout",
     "StaticWeighting",

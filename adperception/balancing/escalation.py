@@ -62,7 +62,7 @@ class Escalation(GradientBalancer):
         return (
             bool(self.layout(model).groups)
             and not bool(self.escalated)
-            and int(self.num_steps) % self.interval == 0
+            and (int(self.num_steps) + 1) % self.interval == 0  # with the diagnostics hook's
         )
 
     def _after_measurement(self, stats: GradientStats) -> None:

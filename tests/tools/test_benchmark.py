@@ -117,3 +117,25 @@ def test_sum_requires_each_task_once() -> None:
     records = [dict(row, config=t, tasks=[t]) for t in ("det", "seg", "depth", "depth")]
     with pytest.raises(ValueError, match="not each of"):
         bench.sum_of_single_task(records)
+
+
+def test_balancers_reports_every_method_against_equal_weighting(tmp_path: Path) -> None:
+    """The step-time comparison on the quickstart model: the JSON the issue names, the plain
+    reference alongside, the amortised method timed over a whole cycle of 8 steps."""
+    out = tmp_path / "balancers.json"
+    command = [sys.executable, str(ROOT / "tools/benchmark.py"), "balancers", "--iters", "1"]
+    command += ["--methods", "pcgrad", "pcgrad_k8", "pcgrad_reference", "--json", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=900)
+    records = json.loads(out.read_text())
+    assert list(records) == ["equal", "pcgrad", "pcgrad_k8", "pcgrad_reference"]
+    assert all(r["step_s"] > 0 for r in records.values())
+    assert records["equal"]["ratio_to_equal"] == 1.0
+    for record in records.values():
+        assert math.isclose(record["ratio_to_equal"], record["step_s"] / records["equal"]["step_s"])
+    assert records["equal"]["task_grad_peak_mb"] is None
+    # the reference holds every parameter's gradient per task, the grouped one only shared ones
+    assert (
+        0
+        < records["pcgrad"]["task_grad_peak_mb"]
+        < records["pcgrad_reference"]["task_grad_peak_mb"]
+    )
