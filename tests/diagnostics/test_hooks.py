@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from mmengine.logging import MessageHub, MMLogger
-from mmengine.model import BaseModel
+from mmengine.logging import MMLogger
+from mmengine.registry import DefaultScope
 from mmengine.visualization import Visualizer
 from torch import nn
 
@@ -24,6 +24,7 @@ from adperception.diagnostics import GradientDiagnosticsHook
 from adperception.diagnostics.plots import find_scalars, read_scalars, write_plots
 from adperception.engine import MTLRunner, install_checkpoint_allowlist
 from adperception.registry import HOOKS
+from tests.balancing.models_for_tests import TASKS, BranchedRegressor
 
 SQRT3 = math.sqrt(3)
 ALL = "det+seg+depth"
@@ -129,7 +130,8 @@ def pair_stats(iteration: int) -> GradientStats:
 
 
 def test_the_hook_is_registered() -> None:
-    hook = HOOKS.build(dict(type="GradientDiagnosticsHook", interval=5))
+    with DefaultScope.overwrite_default_scope("adperception"):  # as a config sets it
+        hook = HOOKS.build(dict(type="GradientDiagnosticsHook", interval=5))
     assert isinstance(hook, GradientDiagnosticsHook) and hook.interval == 5
     assert hook.priority == "LOW"
 
@@ -298,84 +300,24 @@ def test_a_checkpoint_without_diagnostics_leaves_the_hook_fresh(tmp_path: Path) 
     }
 
 
-TASKS = ("det", "seg", "depth")
-
-
-class TrunkBalancer(Balancer):
-    """Equal weights; when asked, measures the per-task gradients of the weighted losses on the
-    parameters all tasks share, as the real balancers do."""
-
-    def __init__(self, shared: list[nn.Parameter]) -> None:
-        super().__init__()
-        self.shared = shared
-        self.weights = {task: 1.0 for task in TASKS}
-
-    def loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        weighted = {t: self.weights[t] * losses[f"loss_{t}"] for t in TASKS}
-        if self.measure_next_step:
-            self.measure_next_step = False
-            grads = torch.stack([self._gradient(weighted[t]) for t in TASKS]).double()
-            self.stats = GradientStats(
-                iter=MessageHub.get_current_instance().get_info("iter"),
-                loss_weights=dict(self.weights),
-                groups={
-                    "+".join(TASKS): GroupGradients(
-                        tasks=TASKS,
-                        numel=grads.shape[1],
-                        gram=grads @ grads.T,
-                        update_sign=grads.sum(0).sign().to(torch.int8),
-                    )
-                },
-            )
-        return sum(weighted.values())
-
-    def _gradient(self, loss: torch.Tensor) -> torch.Tensor:
-        grads = torch.autograd.grad(loss, self.shared, retain_graph=True)
-        return torch.cat([g.flatten() for g in grads])
-
-
-class ThreeTaskRegression(BaseModel):
-    """Three linear regressions from one shared tanh layer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tasks = TASKS
-        self.trunk = nn.Linear(3, 8)
-        self.heads = nn.ModuleDict({t: nn.Linear(8, 1) for t in TASKS})
-        self.balancer = TrunkBalancer(list(self.trunk.parameters()))
-
-    def forward(self, inputs, targets, mode: str = "tensor"):
-        feats = torch.tanh(self.trunk(inputs))
-        return {
-            f"loss_{t}": (self.heads[t](feats)[:, 0] - targets[:, i]).pow(2).mean()
-            for i, t in enumerate(TASKS)
-        }
-
-    def train_step(self, data, optim_wrapper) -> dict[str, torch.Tensor]:
-        losses = self._run_forward(self.data_preprocessor(data, True), mode="loss")
-        total = self.balancer.loss(losses)
-        optim_wrapper.update_params(total)
-        log_vars = {"loss": total.detach(), **{k: v.detach() for k, v in losses.items()}}
-        log_vars.update({f"weight_{t}": torch.tensor(w) for t, w in self.balancer.weights.items()})
-        return log_vars
-
-
 class Regressions(torch.utils.data.Dataset):
+    """Inputs and the three targets of ``BranchedRegressor``."""
+
     def __init__(self) -> None:
         gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(16, 3, generator=gen)
-        self.y = self.x @ torch.randn(3, 3, generator=gen)
+        self.x = torch.randn(16, 6, generator=gen)
+        self.y = self.x[:, :3] @ torch.randn(3, 3, generator=gen)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, idx: int) -> dict:
-        return dict(inputs=self.x[idx], targets=self.y[idx])
+        return dict(inputs=self.x[idx], data_samples=self.y[idx])
 
 
 def train(work_dir: Path, max_iters: int, load_from: str | None = None) -> list[dict]:
     runner = MTLRunner(
-        model=ThreeTaskRegression(),
+        model=BranchedRegressor(dict(type="EqualWeighting")),
         work_dir=str(work_dir),
         experiment_name=f"diag_{uuid.uuid4().hex}",
         train_dataloader=dict(
@@ -418,8 +360,8 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[di
 def test_in_a_real_runner_that_resumes(resumed_run: tuple[Path, list[dict]]) -> None:
     """Logged at the LoggerHook's steps, with loss ratios that continue across a resume."""
     _, lines = resumed_run
-    diag = {r["step"]: r for r in lines if "diag/loss_ratio/det" in r}
-    loss = {r["step"]: r for r in lines if "loss_det" in r}
+    diag = {r["step"]: r for r in lines if f"diag/loss_ratio/{TASKS[0]}" in r}
+    loss = {r["step"]: r for r in lines if f"loss_{TASKS[0]}" in r}
     assert sorted(diag) == [2, 4, 6, 8]
     assert sorted(loss) == list(range(1, 9))
     for task in TASKS:
