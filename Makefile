@@ -22,17 +22,20 @@ $(STAMP): setup.cfg pyproject.toml tools/install.sh
 	bash tools/install.sh
 	touch $@
 
-# Train the quickstart config on SynthDrive, evaluate it, draw targets above predictions, export
-# it (safetensors + ONNX) and draw the exported model's predictions.
+# Train the quickstart config on SynthDrive, draw its gradient diagnostics, evaluate it, draw
+# targets above predictions, export it (safetensors + ONNX) and draw the exported model's
+# predictions.
 quickstart: preview
 	$(PY) tools/train.py configs/quickstart.py --work-dir $(OUT)/train
+	$(PY) tools/analyze_logs.py $(OUT)/train --out-dir $(OUT)/diagnostics
 	$(PY) tools/test.py configs/quickstart.py "$$(cat $(OUT)/train/last_checkpoint)" --work-dir $(OUT)/test \
 		--out $(OUT)/metrics.json --show-dir $(OUT)/predictions
 	$(PY) tools/export.py configs/quickstart.py "$$(cat $(OUT)/train/last_checkpoint)" \
 		--format onnx --out $(OUT)/export
 	$(PY) tools/infer.py $(OUT)/export $(DATA)/leftImg8bit/val/synthdrive/synthdrive_00000[0-3]_000019_leftImg8bit.png \
 		--onnx --out-dir $(OUT)/infer
-	@echo "quickstart: metrics in $(OUT)/metrics.json, targets over predictions in $(OUT)/predictions,"
+	@echo "quickstart: metrics in $(OUT)/metrics.json, gradient diagnostics in $(OUT)/diagnostics,"
+	@echo "            targets over predictions in $(OUT)/predictions,"
 	@echo "            exported model in $(OUT)/export, its ONNX predictions drawn in $(OUT)/infer"
 
 data: $(DATA)/.complete
