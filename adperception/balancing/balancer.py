@@ -329,6 +329,14 @@ class GradientBalancer(nn.Module):
         scale = float(scaler.get_scale()) if scaler is not None else 1.0
         gradients = _TaskGradients(self.tasks, layout, self.chunk_numel, self.bucket_numel)
         gradients.compute(scaled, scale)
+        if self.peak_task_gradient_bytes == 0:
+            groups = ", ".join(f"{g.name} ({g.numel / 1e6:.2f} M)" for g in layout.groups)
+            print_log(
+                f"per-task gradients over the shared parameters of {groups}: "
+                f"{gradients.peak_bytes / 2**20:.1f} MiB held at peak "
+                f"(chunk_numel={self.chunk_numel})",
+                logger=MMLogger.get_current_instance(),
+            )
         self.peak_task_gradient_bytes = max(self.peak_task_gradient_bytes, gradients.peak_bytes)
         balancer_grads = self._balancer_gradients(model, task_losses, weights, scaler)
         if not bool(gradients.finite.all()):

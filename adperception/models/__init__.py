@@ -4,6 +4,7 @@ Importing this package registers every model component in ``adperception.registr
 """
 
 from adperception.models import backbones, heads, layers  # noqa: F401
+from adperception.models.digits import DigitsMTLNet
 from adperception.models.multitask import MultiTaskModel
 
-__all__ = ["MultiTaskModel"]
+__all__ = ["DigitsMTLNet", "MultiTaskModel"]

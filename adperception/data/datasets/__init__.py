@@ -2,7 +2,16 @@
 
 from adperception.data.datasets.base import TASKS, MTLDataset, build_pipeline
 from adperception.data.datasets.cityscapes import CityscapesMTL
+from adperception.data.datasets.digits import DigitsMTL
 from adperception.data.datasets.nyuv2 import NYUv2MTL
 from adperception.data.datasets.synthdrive import SynthDrive
 
-__all__ = ["TASKS", "CityscapesMTL", "MTLDataset", "NYUv2MTL", "SynthDrive", "build_pipeline"]
+__all__ = [
+    "TASKS",
+    "CityscapesMTL",
+    "DigitsMTL",
+    "MTLDataset",
+    "NYUv2MTL",
+    "SynthDrive",
+    "build_pipeline",
+]
