@@ -19,6 +19,7 @@ task (``nonfinite_grad/<task>`` in the message hub) and the step skipped.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -207,13 +208,30 @@ class GradientBalancer(nn.Module):
         self.chunk_numel = chunk_numel
         self.bucket_numel = bucket_numel
         self.seed = seed
-        self.aggregator_kwargs = aggregator_kwargs
+        self.aggregator_kwargs = self._checked_aggregator_kwargs(aggregator_kwargs)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("task_coefficients", torch.ones(len(self.tasks), dtype=torch.float64))
         self.measure_next_step = False
         self.stats: GradientStats | None = None
         self.peak_task_gradient_bytes = 0
         self._layout: SharingLayout | None = None
+
+    @classmethod
+    def _checked_aggregator_kwargs(cls, kwargs: dict) -> dict:
+        """The aggregator's own options (CAGrad's ``c``, ...); anything else is a config error
+        here rather than at the first surgery step."""
+        accepted: set[str] = set()
+        if cls.aggregator is not None:
+            signature = inspect.signature(functional.AGGREGATORS[cls.aggregator])
+            accepted = set(signature.parameters) - {"gram", "generator"}
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise TypeError(
+                f"balancer {cls.__name__}: unknown argument(s) {unknown}; besides weighting, "
+                "surgery_interval, chunk_numel, bucket_numel and seed it takes "
+                f"{sorted(accepted) or 'nothing'}"
+            )
+        return kwargs
 
     # -- the plan of a step --------------------------------------------------------------------
 

@@ -103,3 +103,11 @@ def test_build_balancer_wraps_a_weighting_and_defaults_to_escalation() -> None:
     assert isinstance(default.weighting, UncertaintyWeighting)
     pcgrad = build_balancer(dict(type="PCGrad", weighting=dict(type="DWA")), T2)
     assert pcgrad.active_aggregator() == "pcgrad" and isinstance(pcgrad.weighting, DWA)
+
+
+def test_unknown_balancer_arguments_fail_at_build_time() -> None:
+    assert build_balancer(dict(type="CAGrad", c=0.2), T2).aggregator_kwargs == dict(c=0.2)
+    with pytest.raises(TypeError, match=r"PCGrad: unknown argument\(s\) \['interval'\]"):
+        build_balancer(dict(type="PCGrad", interval=50), T2)
+    with pytest.raises(TypeError, match="unknown argument"):
+        build_balancer(dict(type="Escalation", c=0.4), T2)
