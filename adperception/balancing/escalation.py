@@ -21,8 +21,9 @@ class Escalation(GradientBalancer):
 
     Every ``interval`` steps the per-task gradients are measured (the step's update is the
     plain weighted one, so measuring changes nothing) and the conflict rate of each sharing
-    group is taken; the largest feeds an exponential moving average (``momentum``). When that
-    average exceeds ``threshold`` at ``patience`` measurements in a row, PCGrad takes over on
+    group is taken; the largest feeds an exponential moving average (``momentum``, starting
+    from 0 so that the evidence has to accumulate). When that average exceeds ``threshold`` at
+    ``patience`` measurements in a row, PCGrad takes over on
     the weighted task gradients, with ``surgery_interval`` as for ``PCGrad``, while the
     weighting (and uncertainty weighting's log-variances) keeps learning. The switch is logged
     with its evidence, and the state is buffers, so it is in every checkpoint and resumes.
@@ -70,10 +71,9 @@ class Escalation(GradientBalancer):
             return
         rates = {name: conflict_rate(group.gram) for name, group in stats.groups.items()}
         worst = max(rates.values())
-        if int(self.measurements) == 0:
-            self.conflict_ema.fill_(worst)
-        else:
-            self.conflict_ema.mul_(self.momentum).add_((1 - self.momentum) * worst)
+        # From 0, not from the first value: one conflicting measurement early in training must
+        # not hold the average above the threshold through the patience window on its own.
+        self.conflict_ema.mul_(self.momentum).add_((1 - self.momentum) * worst)
         self.measurements += 1
         if float(self.conflict_ema) > self.threshold:
             self.above_threshold += 1
@@ -85,8 +85,8 @@ class Escalation(GradientBalancer):
         self.escalated_at.fill_(stats.iter)
         evidence = ", ".join(f"{name}: {rate:.2f}" for name, rate in rates.items())
         print_log(
-            f"balancer escalates to PCGrad at step {stats.iter}: the moving average of the "
-            f"conflict rate, {float(self.conflict_ema):.3f}, stayed above {self.threshold} for "
+            f"balancer escalates to PCGrad at iteration {stats.iter + 1}: the moving average of "
+            f"the conflict rate, {float(self.conflict_ema):.3f}, stayed above {self.threshold} for "
             f"{self.patience} measurements {self.interval} steps apart (this measurement, per "
             f"sharing group: {evidence})",
             logger=MMLogger.get_current_instance(),

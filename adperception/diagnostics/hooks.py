@@ -91,6 +91,8 @@ class GradientDiagnosticsHook(Hook):
         if stats is None or stats.iter != runner.iter:
             return
         model.balancer.stats = None
+        if (runner.iter + 1) % self.interval != 0:  # surgery measures at every step: keep the
+            return  # loss windows and the collapse check on this hook's own interval
         scalars: dict[str, float] = {}
         summary = []
         for name, group in stats.groups.items():

@@ -40,7 +40,7 @@ class MultiTaskBaseModel(BaseModel):
                 losses = model._run_forward(data, mode="loss")
             _, log_vars = self.parse_losses(losses)
             log_vars.update(self.balancer.train_step(self, losses, optim_wrapper, per_task))
-        return log_vars
+        return {k: v.detach() if isinstance(v, Tensor) else v for k, v in log_vars.items()}
 
     def parameter_tasks(self) -> dict[str, frozenset[str]]:
         """Every parameter's name → the tasks whose loss depends on it.
