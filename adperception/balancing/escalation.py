@@ -53,6 +53,8 @@ class Escalation(GradientBalancer):
         self.register_buffer("conflict_ema", torch.zeros((), dtype=torch.float64))
         self.register_buffer("measurements", torch.zeros((), dtype=torch.long))
         self.register_buffer("above_threshold", torch.zeros((), dtype=torch.long))
+        # the worst group's rate at the last ``patience`` measurements: the switch's evidence
+        self.register_buffer("recent_rates", torch.zeros(patience, dtype=torch.float64))
 
     def active_aggregator(self) -> str | None:
         return "pcgrad" if bool(self.escalated) else None
@@ -74,6 +76,7 @@ class Escalation(GradientBalancer):
         # From 0, not from the first value: one conflicting measurement early in training must
         # not hold the average above the threshold through the patience window on its own.
         self.conflict_ema.mul_(self.momentum).add_((1 - self.momentum) * worst)
+        self.recent_rates.copy_(torch.cat([self.recent_rates[1:], self.recent_rates.new([worst])]))
         self.measurements += 1
         if float(self.conflict_ema) > self.threshold:
             self.above_threshold += 1
@@ -84,11 +87,12 @@ class Escalation(GradientBalancer):
         self.escalated.fill_(True)
         self.escalated_at.fill_(stats.iter)
         evidence = ", ".join(f"{name}: {rate:.2f}" for name, rate in rates.items())
+        recent = ", ".join(f"{rate:.2f}" for rate in self.recent_rates.tolist())
         print_log(
             f"balancer escalates to PCGrad at iteration {stats.iter + 1}: the moving average of "
             f"the conflict rate, {float(self.conflict_ema):.3f}, stayed above {self.threshold} for "
-            f"{self.patience} measurements {self.interval} steps apart (this measurement, per "
-            f"sharing group: {evidence})",
+            f"{self.patience} measurements {self.interval} steps apart (the worst sharing group's "
+            f"rate at those measurements: {recent}; at this one, per group: {evidence})",
             logger=MMLogger.get_current_instance(),
             level=30,
         )

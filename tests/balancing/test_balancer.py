@@ -187,6 +187,10 @@ def test_escalation_switches_to_pcgrad_on_conflict_and_survives_a_checkpoint() -
     balancer = model.balancer
     assert bool(balancer.escalated)
     assert int(balancer.escalated_at) == 2  # three measurements (steps 0, 1, 2) above 0.4
+    # the average from 0 with momentum 0.5 over the worst group's three measured rates
+    r1, r2, r3 = balancer.recent_rates.tolist()
+    assert float(balancer.conflict_ema) == pytest.approx(0.5 * r3 + 0.25 * r2 + 0.125 * r1)
+    assert min(r1, r2, r3) > 0
     assert balancer.active_aggregator() == "pcgrad"
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
