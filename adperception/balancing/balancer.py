@@ -267,10 +267,14 @@ class GradientBalancer(nn.Module):
     ) -> dict[str, Tensor]:
         """Backward and optimizer step for the per-task ``losses['loss_<task>']``."""
         task_losses = torch.stack([losses[f"loss_{t}"] for t in self.tasks])
-        weights = self.weighting.weights(task_losses.detach())
         if not torch.isfinite(task_losses).all():
-            optim_wrapper.update_params(task_losses.sum())  # skipped and counted there
-        elif task_gradients:
+            # skipped and counted by the optim wrapper; the weighting must not see the values
+            optim_wrapper.update_params(task_losses.sum())
+            self.measure_next_step = False
+            self.num_steps += 1
+            return {}
+        weights = self.weighting.weights(task_losses.detach())
+        if task_gradients:
             self._task_gradient_step(model, task_losses, weights, optim_wrapper)
         else:
             self._weighted_step(model, task_losses, weights, optim_wrapper)
@@ -449,40 +453,36 @@ class GradientBalancer(nn.Module):
         """Subclasses react to what a per-task step measured (the escalation does)."""
 
 
-class _Aggregating(GradientBalancer):
-    """A balancer whose per-task gradients are combined by ``aggregator`` in functional."""
-
-
 @BALANCERS.register_module()
-class PCGrad(_Aggregating):
+class PCGrad(GradientBalancer):
     """Projecting conflicting gradients (Yu et al. 2020), in every sharing group."""
 
     aggregator = "pcgrad"
 
 
 @BALANCERS.register_module()
-class CAGrad(_Aggregating):
+class CAGrad(GradientBalancer):
     """Conflict-averse gradient descent (Liu et al. 2021); ``c`` (default 0.4) as in the paper."""
 
     aggregator = "cagrad"
 
 
 @BALANCERS.register_module()
-class IMTLG(_Aggregating):
+class IMTLG(GradientBalancer):
     """IMTL-G (Liu et al. 2021): equal projections of the update onto every task gradient."""
 
     aggregator = "imtl_g"
 
 
 @BALANCERS.register_module()
-class MGDA(_Aggregating):
+class MGDA(GradientBalancer):
     """MGDA (Désidéri 2012, Sener & Koltun 2018): the min-norm point of the gradients' hull."""
 
     aggregator = "mgda"
 
 
 @BALANCERS.register_module()
-class NashMTL(_Aggregating):
+class NashMTL(GradientBalancer):
     """Nash-MTL (Navon et al. 2022): the Nash bargaining solution among the task gradients."""
 
     aggregator = "nash_mtl"

@@ -19,6 +19,7 @@ from adperception.balancing import (
     build_balancer,
 )
 from adperception.balancing.balancer import GradientBalancer
+from adperception.engine.optim_wrapper import MTLOptimWrapper
 from tests.balancing.models_for_tests import TASKS, BranchedRegressor, batch
 
 T2 = ("det", "seg")
@@ -111,3 +112,22 @@ def test_unknown_balancer_arguments_fail_at_build_time() -> None:
         build_balancer(dict(type="PCGrad", interval=50), T2)
     with pytest.raises(TypeError, match="unknown argument"):
         build_balancer(dict(type="Escalation", c=0.4), T2)
+
+
+def test_a_skipped_non_finite_step_leaves_the_weighting_state_alone() -> None:
+    torch.manual_seed(0)
+    model = BranchedRegressor(dict(type="TrendWeighting", warmup=1))
+    optim_wrapper = MTLOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    model.train_step(batch(0), optim_wrapper)
+    state = {k: v.clone() for k, v in model.balancer.state_dict().items()}
+    bad = batch(1)
+    bad["data_samples"][0, 1] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train_step(bad, optim_wrapper)
+    assert optim_wrapper.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    for key, value in model.balancer.state_dict().items():
+        if key != "num_steps":
+            assert torch.equal(value, state[key]), key
+    model.train_step(batch(2), optim_wrapper)
+    assert torch.isfinite(model.balancer.weighting.smoothed).all()
