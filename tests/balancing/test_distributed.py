@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from adperception.engine import shutdown_dist
 from adperception.engine.ddp import MTLDistributedDataParallel
 from adperception.engine.optim_wrapper import MTLOptimWrapper
 from tests.balancing.models_for_tests import BranchedRegressor, batch
@@ -46,7 +47,7 @@ def _worker(rank: int, port: int, balancer: dict, out: str) -> None:
     try:
         torch.save(train(balancer, ddp=True, rank=rank), f"{out}/rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown_dist()
 
 
 @pytest.mark.parametrize(
