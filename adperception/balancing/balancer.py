@@ -58,6 +58,7 @@ class _TaskGradients:
     ) -> None:
         self.tasks = tasks
         self.layout = layout
+        self.groups = {g.name: g for g in layout.groups}
         self.bucket_numel = bucket_numel
         self.keep_rows = chunk_numel is None
         entries = [(g, p) for g in layout.groups for p in g.params]
@@ -107,14 +108,14 @@ class _TaskGradients:
                 for param, grad in zip(params, grads[: len(params)], strict=True):
                     if grad is not None:
                         name, offset = offsets[param]
-                        row = self.layout_group(name).tasks.index(task)
+                        row = self.groups[name].tasks.index(task)
                         blocks[name][row, offset : offset + param.numel()] = grad.reshape(-1)
                 for param, grad in zip(extra, grads[len(params) :], strict=True):
                     self.private[param] = torch.zeros_like(param) if grad is None else grad
                     private.append(self.private[param])
             all_reduce_mean_(list(blocks.values()) + private, self.bucket_numel)
             for name, block in blocks.items():
-                group = self.layout_group(name)
+                group = self.groups[name]
                 ok = torch.isfinite(block).all(dim=1)
                 for k, task in enumerate(group.tasks):
                     self.finite[self.tasks.index(task)] &= bool(ok[k])
@@ -130,9 +131,6 @@ class _TaskGradients:
                 for i, task in enumerate(self.tasks):
                     for param in self.layout.private[task]:
                         self.finite[i] &= bool(torch.isfinite(self.private[param]).all())
-
-    def layout_group(self, name: str) -> SharingGroup:
-        return next(g for g in self.layout.groups if g.name == name)
 
     def apply(self, group: SharingGroup, a: Tensor, scaled: list[Tensor]) -> Tensor:
         """Set the group's parameters' ``.grad`` to its update; returns the flat update."""

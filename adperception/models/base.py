@@ -24,10 +24,10 @@ class MultiTaskBaseModel(BaseModel):
     supports_ddp_train_step = True
     tasks: tuple[str, ...]
     balancer: GradientBalancer
+    _parameter_tasks: dict[str, frozenset[str]] | None = None  # traced on first use
 
     def init_balancer(self, balancer: dict | None) -> None:
         """``balancer``: a ``model.balancer`` config; None → the default ``Escalation``."""
-        self._parameter_tasks: dict[str, frozenset[str]] | None = None
         self.balancer = build_balancer(balancer, self.tasks)
 
     def train_step(self, data, optim_wrapper, ddp=None) -> dict[str, Tensor]:
