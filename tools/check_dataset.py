@@ -12,7 +12,7 @@ import sys
 
 from tqdm import tqdm
 
-from adperception.data.check import Problem, check_sample, collect_samples
+from adperception.data.check import check_sample, collect_samples
 from adperception.data.formats import DataFileError
 
 
@@ -22,11 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", nargs="+", help="only these splits (default: all)")
     args = parser.parse_args(argv)
     try:
-        samples = collect_samples(args.source, args.splits)
+        samples, problems = collect_samples(args.source, args.splits)
     except DataFileError as err:
         print(err)
         return 1
-    problems: list[Problem] = []
     for sample in tqdm(samples, desc="checking", unit="sample", file=sys.stderr):
         problems.extend(check_sample(sample))
     for problem in problems:

@@ -2,8 +2,8 @@
 
 The readers stop at a sample's first bad file; the checker reads every file of every sample with
 the same decoding functions, and adds what a reader tolerates but a dataset should not have:
-files without an image, instance ids of classes that have no instances, normals codes that are
-not unit vectors.
+files without an image, instance ids of classes that have no instances, normals maps without a
+valid pixel, splits without files.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from adperception.data.datasets.nyuv2 import NYUv2MTL
 from adperception.data.formats import DataFileError
 from adperception.registry import DATASETS
 
-#: A unit normal's code decodes to norm 1 within sqrt(3) code steps (2 / 65535 each).
-NORMALS_NORM_TOLERANCE = 1e-3
 LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem with one file (which may be a file that should exist and does not)."""
+    """One problem with one file or folder (which may be one that should exist and does not)."""
 
     path: str
     message: str
@@ -117,14 +115,18 @@ def _detect_layout(root: str) -> tuple[str, list[str]]:
     )
 
 
-def collect_samples(source: str, splits: Sequence[str] | None = None) -> list[SampleFiles]:
-    """Every sample of ``source`` (see ``dataset_cfgs``) that has any file, image or not."""
-    samples = []
+def collect_samples(
+    source: str, splits: Sequence[str] | None = None
+) -> tuple[list[SampleFiles], list[Problem]]:
+    """Every sample of ``source`` (see ``dataset_cfgs``) that has any file, image or not, and a
+    problem for each split without any file (e.g. an empty ``leftImg8bit/test``)."""
+    samples, problems = [], []
     for cfg in dataset_cfgs(source, splits):
         cls = DATASETS.get(cfg["type"])
         root, split = cfg["data_root"], cfg["split"]
         if issubclass(cls, NYUv2MTL):
             found = nyuv2.scan_split(root, split)
+            folders = [os.path.join(root, split)]
             kinds = {key for files in found.values() for key in files} | {"img_path"}
             for i, files in found.items():
                 missing = {
@@ -134,6 +136,7 @@ def collect_samples(source: str, splits: Sequence[str] | None = None) -> list[Sa
                 samples.append(SampleFiles("nyuv2", files, missing))
         elif issubclass(cls, CityscapesMTL):
             found = cityscapes.scan_split(root, split)
+            folders = [os.path.join(root, folder, split) for folder in formats.FOLDERS.values()]
             kinds = {key for files in found.values() for key in files} | {"img_path"}
             for (city, stem), files in found.items():
                 expected = kinds | ({"camera_path"} if "disparity_path" in files else set())
@@ -145,8 +148,10 @@ def collect_samples(source: str, splits: Sequence[str] | None = None) -> list[Sa
         else:
             raise DataFileError(f"{source}: no checker for dataset type {cfg['type']}")
         if not found:
-            raise DataFileError(f"{root}: no files of split '{split}'")
-    return samples
+            existing = [folder for folder in dict.fromkeys(folders) if os.path.isdir(folder)]
+            state = "has no files of the dataset's layout" if existing else "is missing"
+            problems.append(Problem((existing or folders)[0], f"split '{split}' folder {state}"))
+    return samples, problems
 
 
 def check_sample(sample: SampleFiles) -> list[Problem]:
@@ -185,7 +190,8 @@ def check_sample(sample: SampleFiles) -> list[Problem]:
 
 def check_dataset(source: str, splits: Sequence[str] | None = None) -> list[Problem]:
     """All problems of a dataset root or of the datasets of an mmengine config."""
-    return [p for sample in collect_samples(source, splits) for p in check_sample(sample)]
+    samples, problems = collect_samples(source, splits)
+    return problems + [p for sample in samples for p in check_sample(sample)]
 
 
 def _problem(path: str, err: DataFileError) -> Problem:
@@ -212,16 +218,8 @@ def _check_instance_ids(path: str, shape: tuple[int, int] | None) -> None:
 
 
 def _check_normals(path: str, shape: tuple[int, int] | None) -> None:
-    code = cityscapes.read_normals_code(path, shape)
-    valid = np.any(code != 0, axis=-1)
-    norm = np.linalg.norm(code[valid].astype(np.float64) / formats.NORMALS_SCALE * 2 - 1, axis=-1)
-    error = np.abs(norm - 1.0)
-    bad = int((error > NORMALS_NORM_TOLERANCE).sum())
-    if bad:
-        raise DataFileError(
-            f"{path}: {bad} pixel(s) do not encode unit normals "
-            f"(|norm - 1| up to {error.max():.3g})"
-        )
+    if not cityscapes.read_normals(path, shape).any():
+        raise DataFileError(f"{path}: no valid normals (every pixel is (0, 0, 0), marking invalid)")
 
 
 _CITYSCAPES_CHECKS: dict[str, Callable] = {

@@ -14,7 +14,7 @@ import pytest
 from adperception.data import formats
 from adperception.data.check import Problem, check_dataset, dataset_cfgs
 from adperception.data.formats import DataFileError
-from tests.data import fixtures
+from tests.data import bad_files, fixtures
 from tests.data.fixtures import H, W
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def plant_problems(root: Path) -> dict[str, str]:
     """A Cityscapes tree with one problem in each of several files: path -> message fragment."""
-    written = fixtures.write_cityscapes_tree(root, split="train", num=9)
+    written = fixtures.write_cityscapes_tree(root, split="train", num=15)
     fixtures.write_cityscapes_tree(root, split="val", num=1)
     planted = {}
 
@@ -65,7 +65,7 @@ def plant_problems(root: Path) -> dict[str, str]:
     code = formats.encode_normals_png(written[5].normals)
     code[4, 4] = (65535, 65535, 65535)  # decodes to (1, 1, 1): not a unit vector
     formats.write_png(path, code)
-    planted[path] = "1 pixel(s) do not encode unit normals"
+    planted[path] = "1 valid pixel(s) do not encode unit normals"
 
     os.remove(written[6].paths[formats.CAMERA_SUFFIX])
     planted[written[6].paths[formats.CAMERA_SUFFIX]] = "_disparity.png needs it"
@@ -76,6 +76,34 @@ def plant_problems(root: Path) -> dict[str, str]:
     path = written[8].paths[formats.LABEL_IDS_SUFFIX]
     open(path, "wb").close()
     planted[path] = "empty file (0 bytes)"
+
+    path = written[9].paths[formats.IMAGE_SUFFIX]
+    bad_files.write_jpeg(path, written[9].image)
+    planted[path] = "content is JPEG (lossy), not PNG"
+
+    path = written[10].paths[formats.LABEL_IDS_SUFFIX]
+    bad_files.write_jpeg(path, bad_files.two_class_label_ids())
+    planted[path] = "content is JPEG (lossy), not PNG"
+
+    path = written[11].paths[formats.IMAGE_SUFFIX]
+    bad_files.write_rgba(path, written[11].image, np.full((H, W), 0, np.uint8))
+    planted[path] = f"RGBA with {H * W} non-opaque pixel(s)"
+
+    path = written[12].paths[formats.NORMALS_SUFFIX]
+    formats.write_png(path, np.zeros((H, W, 3), np.uint16))
+    planted[path] = "no valid normals (every pixel is (0, 0, 0), marking invalid)"
+
+    path = written[13].paths[formats.CAMERA_SUFFIX]
+    bad_files.write_camera_text(path, written[13].camera, baseline="1e999")
+    planted[path] = "baseline must be finite and positive, found inf"
+
+    path = written[14].paths[formats.CAMERA_SUFFIX]
+    bad_files.write_camera_text(path, written[14].camera, fx=True)
+    planted[path] = "fx must be a number, found true"
+
+    path = str(root / "leftImg8bit" / "test")
+    os.makedirs(path)
+    planted[path] = "split 'test' folder has no files of the dataset's layout"
     return planted
 
 
@@ -151,7 +179,10 @@ def test_cli_exit_status_and_output(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
     assert sorted(line.split(": ")[0] for line in lines[:-1]) == sorted(planted)
-    assert lines[-1] == f"checked 10 sample(s): {len(planted)} problem(s)"
+    for line in lines[:-1]:
+        path, message = line.split(": ", 1)
+        assert planted[path] in message, line
+    assert lines[-1] == f"checked 16 sample(s): {len(planted)} problem(s)"
 
     fixtures.write_cityscapes_tree(tmp_path / "good", split="val")
     result = run_cli(str(tmp_path / "good"), "--splits", "val")

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import id2label
 from mmengine.config import Config
 
 from adperception.data import formats
-from adperception.data.datasets import CityscapesMTL, NYUv2MTL, SynthDrive
+from adperception.data.datasets import CityscapesMTL, NYUv2MTL, SynthDrive, cityscapes
 from adperception.data.formats import DataFileError
 from adperception.registry import DATASETS
-from tests.data import fixtures
+from tests.data import bad_files, fixtures
 from tests.data.fixtures import BASELINE, FX, H, W
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +133,16 @@ def test_pipeline_of_registered_transforms(tmp_path: Path) -> None:
     np.testing.assert_allclose(flipped, expected, atol=1e-4)
 
 
+def _jpeg_label_ids(s: fixtures.CityscapesSample) -> None:
+    bad_files.write_jpeg(s.paths[formats.LABEL_IDS_SUFFIX], bad_files.two_class_label_ids())
+
+
+def _translucent_image(s: fixtures.CityscapesSample) -> None:
+    alpha = np.full((H, W), 255, np.uint8)
+    alpha[3, 5] = 128
+    bad_files.write_rgba(s.paths[formats.IMAGE_SUFFIX], s.image, alpha)
+
+
 @pytest.mark.parametrize(
     "break_it, expected",
     [
@@ -155,8 +165,29 @@ def test_pipeline_of_registered_transforms(tmp_path: Path) -> None:
             ),
             "label ids [200]",
         ),
+        (
+            lambda s: bad_files.write_jpeg(s.paths[formats.IMAGE_SUFFIX], s.image),
+            "content is JPEG (lossy), not PNG as its name says",
+        ),
+        (_jpeg_label_ids, "content is JPEG (lossy), not PNG as its name says"),
+        (_translucent_image, "RGBA with 1 non-opaque pixel(s)"),
+        (
+            lambda s: formats.write_png(
+                s.paths[formats.NORMALS_SUFFIX], formats.encode_normals_png(0.9 * s.normals)
+            ),
+            "valid pixel(s) do not encode unit normals (|norm - 1| up to 0.1",
+        ),
     ],
-    ids=["truncated-png", "8-bit-disparity", "size-mismatch", "unknown-label-id"],
+    ids=[
+        "truncated-png",
+        "8-bit-disparity",
+        "size-mismatch",
+        "unknown-label-id",
+        "jpeg-image",
+        "jpeg-label-ids",
+        "translucent-rgba-image",
+        "non-unit-normals",
+    ],
 )
 def test_bad_files_raise_naming_the_file(tmp_path: Path, break_it, expected: str) -> None:
     (written,) = fixtures.write_cityscapes_tree(tmp_path, num=1)
@@ -168,15 +199,64 @@ def test_bad_files_raise_naming_the_file(tmp_path: Path, break_it, expected: str
     assert str(info.value).startswith(os.path.join(str(tmp_path), ""))
 
 
-def test_bad_camera_raises_naming_the_json(tmp_path: Path) -> None:
+def test_jpeg_label_ids_would_decode_to_known_but_changed_ids(tmp_path: Path) -> None:
+    """Why the reader checks the signature: the JPEG decodes, with no unknown id to catch."""
+    path = str(tmp_path / "label.png")
+    labels = bad_files.two_class_label_ids()
+    bad_files.write_jpeg(path, labels)
+    decoded = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    assert decoded.shape == labels.shape and decoded.dtype == np.uint8
+    assert set(np.unique(decoded)) <= set(id2label) and (decoded != labels).any()
+
+
+def test_opaque_rgba_image_reads_as_its_rgb(tmp_path: Path) -> None:
+    (written,) = fixtures.write_cityscapes_tree(tmp_path, num=1)
+    alpha = np.full((H, W), 255, np.uint8)
+    bad_files.write_rgba(written.paths[formats.IMAGE_SUFFIX], written.image, alpha)
+    np.testing.assert_array_equal(build(tmp_path).get_raw_sample(0)["img"], written.image)
+
+
+def test_normals_tolerance_is_the_quantisation(tmp_path: Path) -> None:
+    """Codes of unit normals, rounded or truncated, pass; 8-bit normals scaled up do not."""
+    normals = fixtures.make_cityscapes_sample(0).normals
+    valid = normals.any(axis=-1, keepdims=True)
+    scaled = (normals + 1.0) / 2.0
+    path = str(tmp_path / "n_normals.png")
+    for code in (np.round(scaled * 65535), np.floor(scaled * 65535)):
+        formats.write_png(path, np.where(valid, code, 0).astype(np.uint16))
+        np.testing.assert_allclose(cityscapes.read_normals(path, (H, W)), normals, atol=1e-4)
+    formats.write_png(path, np.where(valid, np.round(scaled * 255) * 257, 0).astype(np.uint16))
+    with pytest.raises(DataFileError, match="do not encode unit normals"):
+        cityscapes.read_normals(path, (H, W))
+
+
+def test_all_zero_normals_read_as_no_valid_normals(tmp_path: Path) -> None:
+    (written,) = fixtures.write_cityscapes_tree(tmp_path, num=1)
+    formats.write_png(written.paths[formats.NORMALS_SUFFIX], np.zeros((H, W, 3), np.uint16))
+    normals = build(tmp_path).get_raw_sample(0)["gt_normals_map"]
+    assert normals.shape == (H, W, 3) and not normals.any()
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (dict(baseline="0.0"), "baseline must be finite and positive, found 0.0"),
+        (dict(baseline="1e999"), "baseline must be finite and positive, found inf"),
+        (dict(baseline="NaN"), "baseline must be finite and positive, found nan"),
+        (dict(fx=True), "fx must be a number, found true"),
+        (dict(fx="2262.52"), 'fx must be a number, found "2262.52"'),
+        (dict(baseline="1e300"), "gives depths outside float32's range"),
+    ],
+    ids=["zero", "infinite", "nan", "boolean", "string", "overflowing-depth"],
+)
+def test_bad_camera_raises_naming_the_json(tmp_path: Path, edit: dict, expected: str) -> None:
     (written,) = fixtures.write_cityscapes_tree(tmp_path, num=1)
     camera = written.paths[formats.CAMERA_SUFFIX]
     dataset = build(tmp_path)
-    with open(camera, "w") as f:
-        json.dump({"extrinsic": {"baseline": 0.0}, "intrinsic": {"fx": FX}}, f)
-    with pytest.raises(DataFileError, match="must be positive") as info:
+    bad_files.write_camera_text(camera, written.camera, **edit)
+    with pytest.raises(DataFileError) as info:
         dataset.get_raw_sample(0)
-    assert str(info.value).startswith(camera)
+    assert str(info.value).startswith(f"{camera}: ") and expected in str(info.value)
 
 
 def test_disparity_without_camera_names_both(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 
 import numpy as np
@@ -32,6 +33,8 @@ SEG_PALETTE: tuple[tuple[int, int, int], ...] = tuple(
 )
 DET_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 IGNORE_INDEX = 255
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 
 #: label id -> train id (255 = ignore), over every 8-bit value.
 TRAIN_ID_LUT = np.full(256, IGNORE_INDEX, dtype=np.int64)
@@ -132,22 +135,39 @@ def instance_boxes(instance_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_camera(path: str) -> tuple[float, float]:
-    """``(baseline in m, fx in px)`` of an official camera json."""
+    """``(baseline in m, fx in px)`` of an official camera json.
+
+    Both must be JSON numbers (not booleans or strings), finite and positive, with
+    baseline·fx such that every disparity code decodes to a finite, non-zero float32 depth.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             camera = json.load(f)
-        baseline = float(camera["extrinsic"]["baseline"])
-        fx = float(camera["intrinsic"]["fx"])
+        values = {"baseline": camera["extrinsic"]["baseline"], "fx": camera["intrinsic"]["fx"]}
     except FileNotFoundError:
         raise DataFileError(f"{path}: file is missing") from None
     except json.JSONDecodeError as err:
         raise DataFileError(f"{path}: not valid JSON ({err})") from None
     except (KeyError, TypeError) as err:
         raise DataFileError(f"{path}: lacks extrinsic.baseline or intrinsic.fx ({err!r})") from None
-    except ValueError as err:
-        raise DataFileError(f"{path}: baseline or fx is not a number ({err})") from None
-    if not (baseline > 0 and fx > 0):
-        raise DataFileError(f"{path}: baseline ({baseline}) and fx ({fx}) must be positive")
+    numbers = {}
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DataFileError(f"{path}: {name} must be a number, found {json.dumps(value)}")
+        try:
+            numbers[name] = float(value)
+        except OverflowError:  # an integer beyond float's range
+            numbers[name] = math.inf
+        if not (math.isfinite(numbers[name]) and numbers[name] > 0):
+            raise DataFileError(
+                f"{path}: {name} must be finite and positive, found {numbers[name]}"
+            )
+    baseline, fx = numbers["baseline"], numbers["fx"]
+    # Disparities run from 1 / 256 to 65534 / 256 px, so depths from 256·b·fx down to b·fx / 256.
+    if not (baseline * fx * 256.0 <= FLOAT32_MAX and baseline * fx / 256.0 >= FLOAT32_TINY):
+        raise DataFileError(
+            f"{path}: baseline ({baseline}) × fx ({fx}) gives depths outside float32's range"
+        )
     return baseline, fx
 
 
@@ -158,11 +178,24 @@ def read_disparity(path: str, image_shape: tuple[int, int] | None) -> np.ndarray
     return disparity
 
 
-def read_normals_code(path: str, image_shape: tuple[int, int] | None) -> np.ndarray:
-    """Raw 16-bit RGB normals codes."""
+def read_normals(path: str, image_shape: tuple[int, int] | None) -> np.ndarray:
+    """float32 H×W×3 unit normals, all-zero where invalid.
+
+    Raises ``DataFileError`` when a valid pixel's code is not a unit normal within the
+    encoding's quantisation (``formats.NORMALS_NORM_TOLERANCE``), rather than renormalise it.
+    """
     code = read_png(path, channels=3, dtype=np.uint16)
     check_size(path, code, image_shape)
-    return code
+    error = formats.normals_norm_error(code)
+    bad = error > formats.NORMALS_NORM_TOLERANCE
+    if bad.any():
+        row, col = np.unravel_index(np.argmax(error), error.shape)
+        raise DataFileError(
+            f"{path}: {int(bad.sum())} valid pixel(s) do not encode unit normals (|norm - 1| up "
+            f"to {error.max():.3g} at row {row}, column {col}; quantisation allows "
+            f"{formats.NORMALS_NORM_TOLERANCE:.2g})"
+        )
+    return formats.decode_normals_png(code)
 
 
 @DATASETS.register_module()
@@ -243,6 +276,5 @@ class CityscapesMTL(MTLDataset):
             code = read_disparity(info["disparity_path"], shape)
             sample["gt_depth_map"] = formats.disparity_png_to_depth(code, baseline, fx)
         if "normals_path" in info:
-            code = read_normals_code(info["normals_path"], shape)
-            sample["gt_normals_map"] = formats.decode_normals_png(code)
+            sample["gt_normals_map"] = read_normals(info["normals_path"], shape)
         return sample
