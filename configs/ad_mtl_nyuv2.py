@@ -11,8 +11,15 @@ model = dict(
     heads=dict(
         _delete_=True,
         seg=dict(type="SegmentationHead", in_channels=256, channels=128, num_classes=13),
+        # Predictions clamped to the depth literature's NYUv2 caps, 1 mm to 10 m.
         depth=dict(
-            type="DepthHead", in_channels=256, channels=128, loss_type="silog", init_depth=3.0
+            type="DepthHead",
+            in_channels=256,
+            channels=128,
+            loss_type="silog",
+            init_depth=3.0,
+            min_depth=1e-3,
+            max_depth=10.0,
         ),
         normals=dict(type="NormalsHead", in_channels=256, channels=128),
     ),
@@ -24,5 +31,8 @@ param_scheduler = [
     dict(type="CosineAnnealingLR", by_epoch=False, begin=500, end=max_iters, eta_min=1e-6),
 ]
 train_cfg = dict(max_iters=max_iters, val_interval=2000)
-val_evaluator = dict(type="MultiTaskMetric", tasks=("seg", "depth", "normals"))
+# Depth in metres of the original image, targets outside (1 mm, 10 m) ignored.
+val_evaluator = dict(
+    type="MultiTaskMetric", tasks=("seg", "depth", "normals"), min_depth=1e-3, max_depth=10.0
+)
 test_evaluator = val_evaluator

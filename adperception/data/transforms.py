@@ -135,12 +135,21 @@ def _fit_scale(results: dict, scale: tuple[int, int]) -> float:
 
 @TRANSFORMS.register_module()
 class Resize(BaseTransform):
-    """Aspect-preserving resize by s = min(w / W, h / H) for ``scale`` = (w, h)."""
+    """Aspect-preserving resize by s = min(w / W, h / H) for ``scale`` = (w, h): the test-time
+    resize.
+
+    The depth target is also kept as it was before the first ``Resize`` (``ori_gt_depth_map``,
+    original size, metres), which ``PackMTLInputs`` packs as ``gt_depth``: depth is evaluated
+    at ``ori_shape`` in the original image's metres, as mmseg evaluates at ``ori_shape``.
+    """
 
     def __init__(self, scale: tuple[int, int]) -> None:
         self.scale = tuple(scale)
 
     def transform(self, results: dict) -> dict:
+        results.setdefault("ori_shape", results["img"].shape[:2])
+        if "gt_depth_map" in results:
+            results.setdefault("ori_gt_depth_map", results["gt_depth_map"])
         return _rescale(results, _fit_scale(results, self.scale))
 
 
@@ -267,7 +276,8 @@ class PackMTLInputs(BaseTransform):
     """Pack a sample into {'inputs': uint8 3×H×W tensor, 'data_samples': MTLDataSample}.
 
     Only the tasks the sample provides become fields; a dataset with boxes always yields
-    ``gt_instances`` (0×4 when no box survived augmentation).
+    ``gt_instances`` (0×4 when no box survived augmentation). ``gt_depth`` is the original
+    target that the test ``Resize`` kept, if it ran, else the transformed one.
     """
 
     def __init__(
@@ -312,7 +322,8 @@ class PackMTLInputs(BaseTransform):
         if "gt_seg_map" in results:
             sample.gt_sem_seg = PixelData(data=_chw(results["gt_seg_map"], np.int64))
         if "gt_depth_map" in results:
-            sample.gt_depth = PixelData(data=_chw(results["gt_depth_map"], np.float32))
+            depth = results.get("ori_gt_depth_map", results["gt_depth_map"])
+            sample.gt_depth = PixelData(data=_chw(depth, np.float32))
         if "gt_normals_map" in results:
             sample.gt_normals = PixelData(data=_chw(results["gt_normals_map"], np.float32))
         return {"inputs": _chw(img, np.uint8), "data_samples": sample}

@@ -128,6 +128,8 @@ def _depth_tile(img, sample, style) -> np.ndarray:
     if "gt_depth_map" not in sample:
         return _absent(img, "depth", style)
     depth = np.asarray(sample["gt_depth_map"], dtype=np.float64)
+    if depth.shape != img.shape[:2]:  # a test sample's depth is at its original size
+        depth = cv2.resize(depth, img.shape[1::-1], interpolation=cv2.INTER_NEAREST)
     valid = depth > 0
     tile = np.zeros_like(img)
     if not valid.any():

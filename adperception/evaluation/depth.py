@@ -2,7 +2,10 @@
 
 Pixel-weighted, as the MTL literature's NYUv2 evaluations are: every valid pixel of the dataset
 counts once, so large images weigh more than small ones. Keeping sums rather than maps keeps what
-ranks exchange in distributed evaluation to a few numbers per image.
+ranks exchange in distributed evaluation to a few numbers per image. A pixel is valid when its
+target lies strictly inside (min_depth, max_depth), the depth literature's evaluation caps
+(80 m for driving, 10 m for NYUv2): beyond them a target is no measurement to score against
+(Cityscapes' smallest non-zero disparity decodes to about 10^5 m).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ DELTA1_THRESHOLD = 1.25
 SUM_KEYS = ("count", "abs_err", "abs_rel", "sq_err", "delta1")
 
 
-def depth_sums(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
-    """Error sums of one image over its valid pixels (gt > 0).
+def depth_sums(
+    pred: torch.Tensor, gt: torch.Tensor, *, min_depth: float = 0.0, max_depth: float = math.inf
+) -> dict[str, float]:
+    """Error sums of one image over its valid pixels (min_depth < gt < max_depth; 0 = invalid).
 
     ``pred`` and ``gt`` are metres of the same shape (1×H×W). Returns ``count`` (valid pixels),
     ``abs_err`` (Σ|d̂−d|), ``abs_rel`` (Σ|d̂−d|/d), ``sq_err`` (Σ(d̂−d)²) and ``delta1`` (number of
@@ -26,7 +31,7 @@ def depth_sums(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
     """
     if pred.shape != gt.shape:
         raise ValueError(f"depth prediction {tuple(pred.shape)} != target {tuple(gt.shape)}")
-    valid = gt > 0
+    valid = (gt > 0) & (gt > min_depth) & (gt < max_depth)
     d = gt[valid].double()
     d_hat = pred[valid].double()
     err = (d_hat - d).abs()

@@ -43,7 +43,9 @@ class MultiTaskMetric(BaseMetric):
     within_*; mAP has mmdet's resolution of 0.1 points. Segmentation, depth and normals count
     every valid pixel of the dataset once (pixel-weighted, as the MTL literature's NYUv2
     evaluations do); mIoU averages the classes present in targets or predictions. A metric
-    without any valid pixel or box is NaN.
+    without any valid pixel or box is NaN. Depth compares ``pred_depth`` and ``gt_depth`` as
+    they come, which the test pipeline and ``DepthHead.predict`` put at ``ori_shape`` in the
+    original image's metres.
 
     Args:
         tasks: the tasks to evaluate; a sample with a task's ground truth must also carry its
@@ -53,6 +55,8 @@ class MultiTaskMetric(BaseMetric):
         seg_classes: segmentation class names, indexed by train id; default ``dataset_meta``'s
             ``classes``.
         ignore_index: the segmentation target's ignore id.
+        min_depth, max_depth: depth targets outside (min_depth, max_depth) metres are ignored,
+            as the depth literature caps its evaluations (80 m driving, 10 m NYUv2).
     """
 
     default_prefix: str | None = None
@@ -64,6 +68,8 @@ class MultiTaskMetric(BaseMetric):
         det_classes: Sequence[str] | None = None,
         seg_classes: Sequence[str] | None = None,
         ignore_index: int = 255,
+        min_depth: float = 0.0,
+        max_depth: float = math.inf,
         collect_device: str = "cpu",
         prefix: str | None = None,
     ) -> None:
@@ -75,6 +81,10 @@ class MultiTaskMetric(BaseMetric):
         self._det_classes = None if det_classes is None else tuple(det_classes)
         self._seg_classes = None if seg_classes is None else tuple(seg_classes)
         self.ignore_index = ignore_index
+        if not 0 <= min_depth < max_depth:
+            raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
+        self.min_depth = min_depth
+        self.max_depth = max_depth
 
     @property
     def det_classes(self) -> tuple[str, ...]:
@@ -123,7 +133,7 @@ class MultiTaskMetric(BaseMetric):
         gt_map = gt["data"]
         pred_map = pred["data"].to(gt_map.device)
         if task == "depth":
-            return depth_sums(pred_map, gt_map)
+            return depth_sums(pred_map, gt_map, min_depth=self.min_depth, max_depth=self.max_depth)
         if task == "normals":
             return normals_stats(pred_map, gt_map)
         if pred_map.shape != gt_map.shape:

@@ -5,7 +5,7 @@ model = dict(
     backbone=dict(branches=dict(_delete_=True, depth=["depth"])),
     heads=dict(
         _delete_=True,
-        depth=dict(type="DepthHead", in_channels=256, channels=128, loss_type="silog"),
+        depth={{_base_.model.heads.depth}},
     ),
 )
 val_evaluator = dict(type="MultiTaskMetric", tasks=("depth",))

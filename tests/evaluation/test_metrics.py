@@ -108,6 +108,18 @@ def test_depth_is_pixel_weighted_over_the_dataset() -> None:
     assert metrics["depth/delta1"] == pytest.approx(100 * np.mean(delta < 1.25))
 
 
+def test_depth_targets_outside_the_caps_are_ignored() -> None:
+    """Strictly inside (min_depth, max_depth), as the depth literature's evaluations."""
+    gt = depth([[0.0, 1e-4, 2.0, 80.0, 1.2e5]])
+    pred = torch.full_like(gt, 4.0)
+    uncapped = evaluate([sample(1, 5, gt_depth=gt, pred_depth=pred)])
+    assert uncapped["depth/abs_err"] == pytest.approx((4.0 - 1e-4 + 2.0 + 76.0 + 1.2e5 - 4.0) / 4)
+    capped = evaluate([sample(1, 5, gt_depth=gt, pred_depth=pred)], min_depth=1e-3, max_depth=80.0)
+    assert capped["depth/abs_err"] == 2.0 and capped["depth/abs_rel"] == 1.0
+    with pytest.raises(ValueError, match="min_depth < max_depth"):
+        MultiTaskMetric(min_depth=80.0, max_depth=10.0)
+
+
 def test_depth_without_valid_pixels_is_nan() -> None:
     metrics = evaluate([sample(1, 2, gt_depth=depth([[0.0, 0.0]]), pred_depth=depth([[1, 2]]))])
     assert all(math.isnan(metrics[f"depth/{k}"]) for k in ("abs_err", "abs_rel", "rmse", "delta1"))

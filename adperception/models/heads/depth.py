@@ -57,6 +57,11 @@ class DepthHead(BaseModule):
     bilinear upsampling of the depth to (Hp, Wp). ``init_depth`` (m) is the output at
     initialisation (the log-depth bias starts at its log): a start near the data's typical depth
     saves the many steps Adam needs to move the bias by ~3 (1 m → 20 m) at small learning rates.
+
+    The output is in the metres of the image the network sees: training divides the target by
+    each sample's zoom. ``predict`` undoes that, so ``pred_depth`` is the original image's
+    depth, clamped to [``min_depth``, ``max_depth``] (the evaluation caps of the depth
+    literature; the loss sees the unclamped output, so a far-off pixel still gets a gradient).
     """
 
     task = "depth"
@@ -68,15 +73,21 @@ class DepthHead(BaseModule):
         channels: int,
         loss_type: str = "l1",
         init_depth: float = 10.0,
+        min_depth: float = 0.0,
+        max_depth: float = math.inf,
         norm_cfg: dict | None = None,
     ) -> None:
         if init_depth <= 0:
             raise ValueError(f"init_depth must be positive, got {init_depth}")
+        if not 0 <= min_depth < max_depth:
+            raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
         init = dict(type="Normal", std=0.01, bias=math.log(init_depth))
         super().__init__(init_cfg=dict(init, override=dict(init, name="conv_depth")))
         if loss_type not in DEPTH_LOSSES:
             raise ValueError(f"loss_type must be one of {sorted(DEPTH_LOSSES)}, got {loss_type!r}")
         self.loss_type = loss_type
+        self.min_depth = min_depth
+        self.max_depth = max_depth
         self.trunk = FPNDecoderTrunk(in_channels=in_channels, channels=channels, norm_cfg=norm_cfg)
         self.conv_depth = nn.Conv2d(channels, 1, kernel_size=1)
 
@@ -92,6 +103,13 @@ class DepthHead(BaseModule):
         self, depth: Tensor, data_samples: Sequence[MTLDataSample]
     ) -> dict[str, Tensor]:
         """{'loss_depth'} of B×1×h×w ``depth`` against ``gt_depth``; 0 when no pixel is valid."""
+        for sample in data_samples:
+            if "gt_depth" in sample and sample.gt_depth.shape != tuple(sample.img_shape[:2]):
+                raise ValueError(
+                    f"{sample.metainfo.get('img_path', 'a sample')}: gt_depth is "
+                    f"{sample.gt_depth.shape}, the image {tuple(sample.img_shape[:2])}: the test "
+                    "Resize keeps the original target for evaluation; train with RandomResize"
+                )
         target = gather_targets(
             data_samples,
             "gt_depth",
@@ -110,6 +128,13 @@ class DepthHead(BaseModule):
         self.predict_by_feat(self(feats), data_samples)
 
     def predict_by_feat(self, depth: Tensor, data_samples: Sequence[MTLDataSample]) -> None:
-        """Set ``pred_depth`` (1×h×w float32 metres at ``img_shape``) on each sample."""
+        """Set ``pred_depth`` on each sample: 1×H×W float32 metres at ``ori_shape``, the crop
+        at ``img_shape`` resized bilinearly (as ``inference`` does) and multiplied by the zoom
+        of ``scale_factor`` (the geometric mean of its axes, as the transforms divide)."""
         for sample, crop in crop_to_samples(depth.float(), data_samples):
-            sample.pred_depth = PixelData(data=crop)
+            shape = tuple(sample.metainfo.get("ori_shape", crop.shape[-2:])[:2])
+            if crop.shape[-2:] != shape:
+                crop = upsample(crop[None], shape)[0]
+            w_scale, h_scale = sample.metainfo.get("scale_factor", (1.0, 1.0))
+            metres = crop * math.sqrt(w_scale * h_scale)
+            sample.pred_depth = PixelData(data=metres.clamp(self.min_depth, self.max_depth))

@@ -33,7 +33,15 @@ model = dict(
     ),
     heads=dict(
         seg=dict(type="SegmentationHead", in_channels=256, channels=128, num_classes=19),
-        depth=dict(type="DepthHead", in_channels=256, channels=128, loss_type="silog"),
+        # Predictions clamped to the driving literature's depth caps, 1 mm to 80 m.
+        depth=dict(
+            type="DepthHead",
+            in_channels=256,
+            channels=128,
+            loss_type="silog",
+            min_depth=1e-3,
+            max_depth=80.0,
+        ),
         normals=dict(type="NormalsHead", in_channels=256, channels=128),
     ),
 )
