@@ -16,8 +16,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,14 +45,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate; a ``UserError`` (a wrong config key or file, a checkpoint that is damaged or
+    does not fit the config) is printed as ``error: ...`` lines and returns 2."""
     args = parse_args(argv)
     # Imported after parsing so that --help answers without loading torch and the project.
     from mmengine.dist import is_main_process
 
     from adperception.engine import (
+        UserError,
         build_runner,
         dump_metrics,
+        load_config,
         select_dist_backend,
         set_work_dir,
         setup_runtime,
@@ -59,26 +64,29 @@ def main(argv: list[str] | None = None) -> None:
         validate_config,
     )
 
-    setup_runtime()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    set_work_dir(cfg, args.work_dir)
-    if args.show_dir is not None:
-        hook = dict(type="PredictionPanelHook", out_dir=args.show_dir, num=args.show_num)
-        cfg.custom_hooks = [*cfg.get("custom_hooks", []), hook]
-    cfg.load_from = args.checkpoint
-    cfg.resume = False
-    select_dist_backend(cfg)
-    validate_config(cfg, dataloaders=("test_dataloader",))
     try:
+        setup_runtime()
+        cfg = load_config(args.config)
+        cfg.launcher = args.launcher
+        if args.cfg_options is not None:
+            cfg.merge_from_dict(args.cfg_options)
+        set_work_dir(cfg, args.work_dir)
+        if args.show_dir is not None:
+            hook = dict(type="PredictionPanelHook", out_dir=args.show_dir, num=args.show_num)
+            cfg.custom_hooks = [*cfg.get("custom_hooks", []), hook]
+        cfg.load_from = args.checkpoint
+        cfg.resume = False
+        select_dist_backend(cfg)
+        validate_config(cfg, dataloaders=("test_dataloader",))
         metrics = build_runner(cfg).test()
         if args.out is not None and is_main_process():
             dump_metrics(metrics, args.out)
+    except UserError as error:
+        return error.report()
     finally:
         shutdown_dist()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

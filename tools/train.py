@@ -17,8 +17,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,36 +50,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Train; a ``UserError`` (a wrong config key or file, a work dir in use, a full disk) is
+    printed as ``error: ...`` lines and returns 2."""
     args = parse_args(argv)
     # Imported after parsing so that --help answers without loading torch and the project.
     from adperception.engine import (
+        UserError,
         build_runner,
         enable_amp,
+        hold_work_dir,
+        load_config,
         select_dist_backend,
         set_resume,
         set_work_dir,
         setup_runtime,
         shutdown_dist,
         validate_config,
+        validate_training,
     )
 
-    setup_runtime()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    set_work_dir(cfg, args.work_dir)
-    set_resume(cfg, args.resume)
-    if args.amp:
-        enable_amp(cfg)
-    select_dist_backend(cfg)
-    validate_config(cfg, dataloaders=("train_dataloader", "val_dataloader"))
     try:
-        build_runner(cfg).train()
+        setup_runtime()
+        cfg = load_config(args.config)
+        cfg.launcher = args.launcher
+        if args.cfg_options is not None:
+            cfg.merge_from_dict(args.cfg_options)
+        set_work_dir(cfg, args.work_dir)
+        set_resume(cfg, args.resume)
+        if args.amp:
+            enable_amp(cfg)
+        select_dist_backend(cfg)
+        validate_config(cfg, dataloaders=("train_dataloader", "val_dataloader"))
+        validate_training(cfg)
+        with hold_work_dir(cfg.work_dir, args.launcher):
+            build_runner(cfg).train()
+    except UserError as error:
+        return error.report()
     finally:
         shutdown_dist()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import importlib
 import json
 import os
 import os.path as osp
+import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,14 +25,21 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import MODEL_WRAPPERS, init_default_scope
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from adperception.engine.checkpoint import (
     AtomicCheckpointHook,
+    check_state_dict_fits,
     install_checkpoint_allowlist,
+    naming_full_disk,
+    read_checkpoint,
+    remove_stale_temporaries,
     replace_durably,
+    temporary_path,
     write_bytes_durably,
 )
 from adperception.engine.hooks import RNGStateHook
+from adperception.engine.validate import ConfigError, UserError
 from adperception.registry import OPTIM_WRAPPERS, RUNNERS
 
 #: Packages whose import registers the datasets, transforms, models and metrics (this package
@@ -42,6 +51,10 @@ REGISTERING_PACKAGES = (
 )
 #: How configs may name mmengine's CheckpointHook; MTLRunner runs AtomicCheckpointHook instead.
 CHECKPOINT_HOOK_TYPES = ("CheckpointHook", "mmengine.CheckpointHook", CheckpointHook)
+#: The file in the work dir that a training run holds locked (``hold_work_dir``).
+WORK_DIR_LOCK = "train.lock"
+#: Where each launcher puts a process's global rank before torch.distributed starts.
+RANK_VARIABLES = {"pytorch": "RANK", "slurm": "SLURM_PROCID", "mpi": "OMPI_COMM_WORLD_RANK"}
 
 
 def setup_runtime() -> None:
@@ -63,10 +76,17 @@ class MTLRunner(Runner):
     is in place and deletes outdated checkpoints only then. Configs select it with
     ``runner_type = "MTLRunner"`` (the tools' default). ``RNGStateHook`` is a default hook too.
 
+    Checkpoints are read by ``load_checkpoint``: a damaged file is an error naming it, no text
+    from a checkpoint is ever evaluated, and ``test`` and ``val`` refuse one that does not fit
+    the model.
+
     Without CUDA, ``--launcher pytorch`` trains on CPU processes: mmengine's ``init_dist`` and
     its DDP wrapper both pin a CUDA device, so here the process group is initialised with
     ``env_cfg.dist_cfg`` (backend gloo, set by the tools) and DDP gets no ``device_ids``.
     """
+
+    #: Set by ``test`` and ``val``: evaluating a checkpoint that does not fit measures noise.
+    _loading_for_evaluation = False
 
     def setup_env(self, env_cfg: dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():
@@ -95,6 +115,48 @@ class MTLRunner(Runner):
         hooks.setdefault("rng_state", dict(type=RNGStateHook))
         super().register_default_hooks(hooks)
 
+    def test(self) -> dict:
+        self._loading_for_evaluation = True
+        return super().test()
+
+    def val(self) -> dict:
+        self._loading_for_evaluation = True
+        return super().val()
+
+    def load_checkpoint(
+        self,
+        filename: str,
+        map_location: str | Callable = "cpu",
+        strict: bool = False,
+        revise_keys: Sequence[tuple[str, str]] = ((r"^module\.", ""),),
+    ) -> dict:
+        """mmengine's ``load_checkpoint`` (same arguments and hooks; ``resume`` and ``load_from``
+        both come here), reading with ``read_checkpoint`` and dropping ``meta['config']``
+        unread: mmengine's ``resume`` executes that string as Python (``Config.fromstring``) to
+        compare GPU counts, and a checkpoint that passes the ``weights_only`` allow-list can
+        still hold code there. mmengine writes its config as ``meta['cfg']`` and never reads it
+        back, so the dropped check only ever ran for foreign checkpoints. Before ``test`` and
+        ``val``, a checkpoint that does not fit the model raises ``CheckpointError``."""
+        checkpoint = read_checkpoint(filename, map_location)
+        meta = checkpoint.get("meta")
+        if isinstance(meta, dict) and meta.pop("config", None) is not None:
+            self.logger.warning(
+                f"{filename}: meta['config'] ignored; text from a checkpoint is never evaluated"
+            )
+        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        if self._loading_for_evaluation:
+            found = checkpoint.get("state_dict", checkpoint)
+            for pattern, replacement in revise_keys:
+                found = {re.sub(pattern, replacement, key): value for key, value in found.items()}
+            check_state_dict_fits(
+                model.state_dict(), found, checkpoint=filename, config=self.cfg.filename
+            )
+        checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
+        self._has_loaded = True
+        self.logger.info(f"Load checkpoint from {filename}")
+        return checkpoint
+
     @master_only
     def save_checkpoint(
         self,
@@ -121,12 +183,12 @@ class MTLRunner(Runner):
                 out_dir, filename, file_client_args, backend_args=backend_args, **kwargs
             )
             return
-        head, tail = osp.split(filename)
-        tmp_name = osp.join(head, f".{tail}.{os.getpid()}.tmp")
-        tmp_path = osp.join(out_dir, tmp_name)
+        tmp_name = temporary_path(filename)
+        tmp_path, path = osp.join(out_dir, tmp_name), osp.join(out_dir, filename)
         try:
-            super().save_checkpoint(out_dir, tmp_name, backend_args=backend_args, **kwargs)
-            replace_durably(tmp_path, osp.join(out_dir, filename))
+            with naming_full_disk(path):
+                super().save_checkpoint(out_dir, tmp_name, backend_args=backend_args, **kwargs)
+                replace_durably(tmp_path, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp_path)
@@ -160,6 +222,41 @@ def set_work_dir(cfg: Config, work_dir: str | None) -> None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(cfg.filename))[0])
 
 
+@contextlib.contextmanager
+def hold_work_dir(work_dir: str, launcher: str = "none") -> Iterator[None]:
+    """Hold ``work_dir`` for one training run, so that a second run into it fails at start-up
+    naming the first one's pid, instead of interleaving its log and overwriting its checkpoints.
+
+    The launching process (global rank 0, read from the launcher's environment: the other ranks
+    of the same run share the dir) takes an exclusive ``flock`` on ``work_dir/train.lock`` and
+    writes its pid there. The kernel drops the lock when the process exits, however it exits,
+    so the file a dead run leaves blocks nothing. Holding the lock, it deletes the temporaries
+    that killed checkpoint writes left (``remove_stale_temporaries``).
+    """
+    variable = RANK_VARIABLES.get(launcher)
+    if variable is not None and int(os.environ.get(variable, "0")) != 0:
+        yield
+        return
+    os.makedirs(work_dir, exist_ok=True)
+    path = osp.join(work_dir, WORK_DIR_LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"work dir {work_dir} is in use by another training run (pid {holder}, which "
+                f"holds {path}); wait for it to end or choose another --work-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temporaries(work_dir)
+        yield
+    finally:
+        os.close(fd)
+
+
 def set_resume(cfg: Config, resume: str | None) -> None:
     """``resume="auto"``: resume from ``work_dir/last_checkpoint``; a path: resume from it."""
     if resume == "auto":
@@ -175,8 +272,8 @@ def enable_amp(cfg: Config) -> bool:
 
     ``OptimWrapper`` becomes mmengine's ``AmpOptimWrapper``; another wrapper class names its
     registered AMP counterpart in a class attribute ``amp_variant``; a wrapper that already is
-    an ``AmpOptimWrapper`` is kept. Any other wrapper raises ValueError. Without CUDA this warns
-    and leaves the config alone (returns False).
+    an ``AmpOptimWrapper`` is kept. Any other wrapper raises ``ConfigError``. Without CUDA this
+    warns and leaves the config alone (returns False).
     """
     if not torch.cuda.is_available():
         warnings.warn("--amp ignored: CUDA is not available", stacklevel=2)
@@ -189,7 +286,7 @@ def enable_amp(cfg: Config) -> bool:
     if variant is not None:
         cfg.optim_wrapper.type = variant
     elif not (isinstance(wrapper, type) and issubclass(wrapper, AmpOptimWrapper)):
-        raise ValueError(
+        raise ConfigError(
             f"--amp: optim_wrapper.type {wrapper_type!r} is no AmpOptimWrapper and names no "
             "registered AMP counterpart in its class attribute `amp_variant`"
         )

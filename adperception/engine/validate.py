@@ -1,6 +1,7 @@
 """Start-up checks of a config, run before any runner is built, so that a wrong task name, a
-class count that disagrees with the dataset, or a task the data lacks fails in seconds with a
-message that names the config key, instead of deep inside the first iteration.
+class count that disagrees with the dataset, a task the data lacks, an unknown balancer or a
+schedule that cannot train fails in seconds with a message that names the config key, instead of
+deep inside the first iteration (or, for ``train_cfg.max_iters=0``, not at all).
 
 The model config is the multi-task one: ``model.heads`` maps task names to head configs and
 ``model.backbone.branches`` maps group names to lists of tasks (the registered backbone's default
@@ -9,18 +10,76 @@ when the config leaves it out).
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import inspect
+import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
+from numbers import Real
+
+from mmengine.config import Config
 
 from adperception.data.datasets.base import TASKS
-from adperception.registry import DATASETS, MODELS
+from adperception.registry import BALANCERS, DATASETS, MODELS
 
 #: Head config key -> the dataset metainfo key whose length it must equal, per task.
 CLASS_KEYS = {"det": "det_classes", "seg": "classes"}
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A mistake the user can fix: a config key, an input file, a full disk. The message names
+    the key or file and what is wrong; the tools ``report`` it instead of a traceback."""
+
+    def report(self) -> int:
+        """Print the message as ``error: ...`` lines on stderr; return the tools' exit status."""
+        print("\n".join(f"error: {line}" for line in str(self).splitlines()), file=sys.stderr)
+        return 2
+
+
+class ConfigError(UserError, ValueError):
     """A config that cannot train or test; the message names every problem and its key path."""
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """``Config.fromfile``; a missing file or a syntax error is a ``ConfigError`` naming the file
+    (and line).
+
+    mmengine parses configs partly without their names, so a syntax error would read
+    ``File "<unknown>", line 2``; the file and its ``_base_`` files are parsed here first.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        _parse_python_configs(path)
+        return Config.fromfile(path)
+    except FileNotFoundError as error:  # a base file; mmengine's message names it
+        raise ConfigError(f"{path}: {error}") from error
+    except SyntaxError as error:  # also an imported module's
+        if error.lineno is None:  # mmengine's own: its message names file and line
+            raise ConfigError(error.msg) from error
+        where = f"{error.filename}, line {error.lineno}"
+        raise ConfigError(f"{where}: syntax error: {error.msg}") from error
+
+
+def _parse_python_configs(path: str, seen: frozenset[str] = frozenset()) -> None:
+    """Parse the Python config ``path`` and the local files its ``_base_`` lists, each under its
+    own name, so that a ``SyntaxError`` says which file."""
+    if not path.endswith(".py") or path in seen:
+        return
+    with open(path, encoding="utf-8") as file:
+        tree = ast.parse(file.read(), filename=path)
+    for node in tree.body:
+        names = [t.id for t in getattr(node, "targets", ()) if isinstance(t, ast.Name)]
+        if "_base_" not in names:
+            continue
+        with contextlib.suppress(ValueError, TypeError):  # computed: for mmengine
+            bases = ast.literal_eval(node.value)
+            for base in [bases] if isinstance(bases, str) else bases:
+                base_path = os.path.join(os.path.dirname(path), base)
+                if "::" not in base and os.path.isfile(base_path):
+                    _parse_python_configs(base_path, seen | {path})
 
 
 def validate_config(cfg: Mapping, *, dataloaders: Sequence[str] = ("train_dataloader",)) -> None:
@@ -32,6 +91,7 @@ def validate_config(cfg: Mapping, *, dataloaders: Sequence[str] = ("train_datalo
     """
     model = cfg.get("model") or {}
     validate_model_tasks(model)
+    validate_balancer(model)
     heads = model.get("heads") or {}
     if not heads:
         return
@@ -70,6 +130,48 @@ def validate_model_tasks(model: Mapping, *, key: str = "model") -> None:
             for task in heads
             if task in TASKS and task not in branched
         ]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def validate_balancer(model: Mapping, *, key: str = "model") -> None:
+    """Check that ``model.balancer`` and its ``weighting`` name registered balancers; the model
+    builds them only deep inside its constructor, where a wrong name is a bare KeyError."""
+    balancer = model.get("balancer")
+    if not isinstance(balancer, Mapping):
+        return
+    entries = [(f"{key}.balancer", balancer)]
+    if isinstance(balancer.get("weighting"), Mapping):
+        entries.append((f"{key}.balancer.weighting", balancer["weighting"]))
+    BALANCERS.import_from_location()
+    choices = ", ".join(sorted(BALANCERS.module_dict))
+    problems = []
+    for path, cfg in entries:
+        name = cfg.get("type")
+        if name is None:
+            problems.append(f"{path}.type: missing (registered balancers: {choices})")
+        elif isinstance(name, str) and BALANCERS.get(name) is None:
+            problems.append(f"{path}.type: unknown balancer '{name}' (registered: {choices})")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def validate_training(cfg: Mapping) -> None:
+    """Check what only training uses: every ``lr`` under ``optim_wrapper`` is a number >= 0, and
+    ``train_cfg.max_iters`` / ``max_epochs`` are positive (0 would exit 0 having trained
+    nothing). Raises ``ConfigError`` listing every problem."""
+    problems = [
+        f"{path} = {value!r}: a learning rate must be a number >= 0"
+        for path, value in find_key(cfg.get("optim_wrapper") or {}, "lr", "optim_wrapper")
+        if isinstance(value, bool) or not isinstance(value, Real) or value < 0
+    ]
+    train_cfg = cfg.get("train_cfg") or {}
+    for name in ("max_iters", "max_epochs"):
+        value = train_cfg.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            problems.append(f"train_cfg.{name} = {value!r}: must be a positive integer")
     if problems:
         raise ConfigError("\n".join(problems))
 

@@ -28,7 +28,7 @@ from mmengine.config import Config
 from safetensors import SafetensorError
 
 import adperception
-from adperception.engine import setup_runtime
+from adperception.engine import check_state_dict_fits, read_checkpoint, setup_runtime
 from adperception.export.wrapper import OUTPUT_SPECS, InferenceModel, output_names
 from adperception.models.multitask import MultiTaskModel
 from adperception.registry import DATASETS, MODELS
@@ -117,11 +117,10 @@ def network_state_dict(model: MultiTaskModel) -> dict[str, torch.Tensor]:
 
 
 def read_training_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of an mmengine checkpoint, loaded with ``weights_only=True``."""
+    """The ``state_dict`` of an mmengine checkpoint, loaded with ``weights_only=True``; a
+    missing or damaged file is a ``CheckpointError`` naming it."""
     setup_runtime()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
+    checkpoint = read_checkpoint(os.fspath(path))
     return dict(checkpoint.get("state_dict", checkpoint))
 
 
@@ -129,15 +128,10 @@ def model_state_dict(
     model: MultiTaskModel, state_dict: Mapping[str, torch.Tensor], source: str
 ) -> dict[str, torch.Tensor]:
     """Exactly the model's own entries of ``state_dict`` (optimizer, EMA and other extra keys are
-    left out, and so is the balancer's training state); a missing or misshapen entry is an error
-    naming ``source``."""
+    left out, and so is the balancer's training state); a missing or misshapen entry is a
+    ``CheckpointError`` naming ``source`` and the first such keys with their shapes."""
     expected = network_state_dict(model)
-    missing = sorted(set(expected) - set(state_dict))
-    if missing:
-        raise ValueError(f"{source}: {len(missing)} model weights missing, e.g. {missing[:3]}")
-    wrong = [k for k, v in expected.items() if tuple(state_dict[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise ValueError(f"{source}: weights of the wrong shape for this config: {wrong[:3]}")
+    check_state_dict_fits(expected, state_dict, checkpoint=source, allow_unexpected=True)
     return {key: state_dict[key] for key in expected}
 
 

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
+import re
 import subprocess
 import sys
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +21,27 @@ import torch.nn as nn
 from mmengine.evaluator import BaseMetric
 from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import Hook
-from mmengine.logging import HistoryBuffer
+from mmengine.logging import HistoryBuffer, MMLogger
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint
 
-from adperception.engine import MTLRunner, checkpoint_safe_globals, install_checkpoint_allowlist
-from adperception.engine.checkpoint import history_buffer_statistic
+from adperception.engine import (
+    CheckpointError,
+    MTLRunner,
+    UserError,
+    check_state_dict_fits,
+    checkpoint_safe_globals,
+    install_checkpoint_allowlist,
+    read_checkpoint,
+)
+from adperception.engine.checkpoint import (
+    TEMPORARY,
+    history_buffer_statistic,
+    remove_stale_temporaries,
+    temporary_path,
+    write_bytes_durably,
+)
 
 INTERVAL = 3
 
@@ -339,3 +356,141 @@ def test_plain_mmengine_runner_loses_its_checkpoint_on_the_same_crash(
     partial = tmp_path / f"iter_{2 * INTERVAL}.pth"
     with pytest.raises(RuntimeError):
         torch.load(partial, map_location="cpu")
+
+
+def test_a_full_disk_names_the_checkpoint_and_the_free_space(tmp_path, monkeypatch) -> None:
+    """OSError(ENOSPC) names neither file nor space; the previous checkpoint stays valid."""
+    install_checkpoint_allowlist()
+    runner = make_runner(MTLRunner, tmp_path, max_iters=2 * INTERVAL, max_keep=1)
+    real_put = LocalBackend.put
+
+    def put(self, obj: bytes, filepath) -> None:
+        if at_final_save(runner):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_put(self, obj, filepath)
+
+    monkeypatch.setattr(LocalBackend, "put", put)
+    with pytest.raises(UserError) as info:
+        runner.train()
+    message = str(info.value)
+    assert message.startswith(f"cannot write {tmp_path / f'iter_{2 * INTERVAL}.pth'}: ")
+    free = rf"No space left on device \(\d+\.\d MiB free in {re.escape(str(tmp_path))}\)$"
+    assert re.search(free, message)
+    assert last_checkpoint(tmp_path) == str(tmp_path / f"iter_{INTERVAL}.pth")
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_moving_last_checkpoint_names_it(tmp_path, monkeypatch) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "last_checkpoint"
+    with pytest.raises(UserError, match=rf"^cannot write {path}: No space left on device"):
+        write_bytes_durably(str(path), b"iter_3.pth")
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_other_write_errors_are_left_alone(tmp_path, monkeypatch) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as info:
+        write_bytes_durably(str(tmp_path / "x"), b"")
+    assert not isinstance(info.value, UserError)
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path) -> None:
+    dead = dead_pid()
+    stale = [tmp_path / f".iter_4.pth.{dead}.tmp", tmp_path / f".last_checkpoint.{dead}.tmp"]
+    live = tmp_path / f".iter_6.pth.{os.getpid()}.tmp"
+    others = [tmp_path / "iter_2.pth", tmp_path / f"notes.{dead}.tmp"]
+    for path in [*stale, live, *others]:
+        path.write_bytes(b"x" * 1000)
+    log = tmp_path / "log.txt"
+    MMLogger.get_instance(f"stale_{uuid.uuid4().hex}", log_file=str(log), log_level="INFO")
+    assert sorted(remove_stale_temporaries(str(tmp_path))) == sorted(map(str, stale))
+    assert all(path.exists() for path in [live, *others])
+    text = log.read_text()
+    assert (
+        f"removed {stale[0]} (0.0 MiB): the temporary of a write of iter_4.pth that process "
+        f"{dead} did not finish" in text
+    )
+    assert remove_stale_temporaries(str(tmp_path / "absent")) == []
+
+
+def test_write_temporaries_match_the_pattern_cleaned_up(tmp_path) -> None:
+    path = temporary_path(str(tmp_path / "iter_4.pth"))
+    assert TEMPORARY.match(os.path.basename(path))["name"] == "iter_4.pth"
+    assert temporary_path("sub/iter_4.pth") == f"sub/.iter_4.pth.{os.getpid()}.tmp"
+
+
+@pytest.fixture
+def saved(tmp_path) -> str:
+    path = tmp_path / "ok.pth"
+    torch.save(dict(state_dict={"fc.weight": torch.ones(1, 3)}, meta=dict(iter=1)), path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate", r"PytorchStreamReader failed reading zip archive"),
+        ("empty", r": EOFError$"),
+        ("text", r": UnpicklingError: Unsupported operand 110$"),
+    ],
+)
+def test_unreadable_checkpoints_are_named(saved, damage, message) -> None:
+    data = Path(saved).read_bytes()
+    damaged = {"truncate": data[: len(data) // 2], "empty": b"", "text": b"not a torch file"}[
+        damage
+    ]
+    Path(saved).write_bytes(damaged)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(saved)
+    text = str(info.value)
+    assert text.startswith(f"cannot read checkpoint {saved} (truncated, damaged or not a torch ")
+    assert re.search(message, text) and "\n" not in text
+
+
+def test_missing_and_refused_checkpoints_are_named(tmp_path) -> None:
+    install_checkpoint_allowlist()
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {tmp_path}/no.pth: no such file$"):
+        read_checkpoint(str(tmp_path / "no.pth"))
+    evil = tmp_path / "evil.pth"
+    torch.save(dict(state_dict={}, extra=Payload()), evil)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(str(evil))
+    assert str(info.value) == (
+        f"checkpoint {evil} is refused: it holds objects outside the weights_only allow-list "
+        "(Unsupported global: GLOBAL tests.engine.test_checkpoint.Payload)"
+    )
+    listing = tmp_path / "list.pth"
+    torch.save([torch.ones(1)], listing)
+    with pytest.raises(CheckpointError, match="holds a list, not a dict of tensors"):
+        read_checkpoint(str(listing))
+
+
+def test_fit_check_names_the_first_differences() -> None:
+    expected = {f"layer{i}.weight": torch.zeros(2, 3) for i in range(5)} | {
+        "head.bias": torch.zeros(4)
+    }
+    found = {f"layer{i}.weight": torch.zeros(3, 3) for i in range(5)} | {"old.bias": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as info:
+        check_state_dict_fits(expected, found, checkpoint="a.pth", config="b.py")
+    assert str(info.value) == (
+        "checkpoint a.pth does not fit config b.py: 5 entries differ in shape, first: "
+        "layer0.weight (checkpoint [3, 3] vs model [2, 3]), layer1.weight (checkpoint [3, 3] vs "
+        "model [2, 3]), layer2.weight (checkpoint [3, 3] vs model [2, 3]), ...; 1 model entries "
+        "missing from the checkpoint: head.bias; 1 entries the model lacks: old.bias"
+    )
+    with pytest.raises(CheckpointError, match="^checkpoint a.pth does not fit the model: 5 entr"):
+        check_state_dict_fits(expected, found, checkpoint="a.pth", allow_unexpected=True)
+    check_state_dict_fits(expected, {**expected, "extra": 1}, checkpoint="a", allow_unexpected=True)

@@ -1,14 +1,17 @@
-"""tools/train.py and tools/test.py: their command lines, and train -> resume -> test on a toy
-regression config whose classes (test_checkpoint's) are registered here in a registry scope of
-their own, imported by the config through ``custom_imports``: nothing here depends on the
-project's models.
+"""tools/train.py and tools/test.py: their command lines, train -> resume -> test, and the
+one-line errors of bad input (config keys and files, checkpoints, a busy work dir, a full disk),
+on a toy regression config whose classes (test_checkpoint's) are registered here in a registry
+scope of their own, imported by the config through ``custom_imports``: nothing here depends on
+the project's models.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
@@ -27,9 +31,11 @@ from mmengine.runner.checkpoint import _load_checkpoint
 
 from adperception.engine import (
     MTLRunner,
+    UserError,
     build_runner,
     dump_metrics,
     enable_amp,
+    hold_work_dir,
     select_dist_backend,
     set_resume,
     set_work_dir,
@@ -268,3 +274,194 @@ def test_dump_metrics_writes_plain_json(tmp_path) -> None:
     assert loaded == {"seg/mIoU": 0.25, "det/mAP": 0.5, "n": 3, "depth/rmse": 1.5}
     with pytest.raises(TypeError, match="type object is not JSON serialisable"):
         dump_metrics({"bad": object()}, str(tmp_path / "bad.json"))
+
+
+@pytest.fixture(scope="module")
+def trained_toy(tmp_path_factory) -> tuple[Path, Path]:
+    """The toy config and a work dir trained for 4 iterations (iter_4.pth)."""
+    root = tmp_path_factory.mktemp("trained_toy")
+    config = root / "toy_regression.py"
+    config.write_text(TOY_CONFIG)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(ROOT))
+        work_dir = root / "work"
+        options = ["--cfg-options", f"experiment_name=t{uuid.uuid4().hex}"]
+        assert load_tool("train").main([str(config), "--work-dir", str(work_dir), *options]) == 0
+        yield config, work_dir
+
+
+def run(tool: str, capsys, *args: object) -> tuple[int, str]:
+    """``tools/{tool}.py``'s exit status on ``args`` and what it wrote to stderr; each run gets an
+    experiment name of its own (mmengine's loggers are per name)."""
+    argv = [str(arg) for arg in args]
+    if "--cfg-options" not in argv:
+        argv.append("--cfg-options")
+    argv.insert(argv.index("--cfg-options") + 1, f"experiment_name=e{uuid.uuid4().hex}")
+    code = load_tool(tool).main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_resume_never_evaluates_config_text_from_a_checkpoint(trained_toy, tmp_path, capsys):
+    """mmengine's resume runs ``meta['config']`` through ``Config.fromstring``: Python code that
+    the weights_only allow-list lets through, as a string."""
+    config, trained = trained_toy
+    work_dir = tmp_path / "work"
+    shutil.copytree(trained, work_dir)
+    marker = tmp_path / "evaluated"
+    payload = "evaluated = open({!r}, 'w').write('code from the checkpoint ran')\n"
+    checkpoint = _load_checkpoint(str(work_dir / "iter_4.pth"), map_location="cpu")
+    checkpoint["meta"]["config"] = payload.format(str(marker))
+    evil = work_dir / "evil.pth"
+    torch.save(checkpoint, evil)
+    Config.fromstring(payload.format(str(tmp_path / "would_run")), file_format=".py")
+    assert (tmp_path / "would_run").exists()  # the payload is code mmengine would execute
+
+    common = [config, "--work-dir", work_dir]
+    code, err = run(
+        "train", capsys, *common, "--resume", evil, "--cfg-options", "train_cfg.max_iters=6"
+    )
+    assert code == 0, err
+    assert not marker.exists()
+    assert (work_dir / "iters.txt").read_text().split() == ["1", "2", "3", "4", "5", "6"]
+    code, err = run("test", capsys, config, evil, "--work-dir", tmp_path / "test")
+    assert code == 0, err
+    assert not marker.exists()
+
+
+def test_test_refuses_a_checkpoint_of_another_config(toy_config, tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "other.pth"
+    state = {"fc.weight": torch.zeros(2, 3), "fc.bias": torch.zeros(2), "fc2.bias": torch.zeros(1)}
+    torch.save(dict(state_dict=state, meta=dict(iter=4)), checkpoint)
+    out = tmp_path / "metrics.json"
+    code, err = run("test", capsys, toy_config, checkpoint, "--out", out, "--work-dir", tmp_path)
+    assert code == 2
+    assert err == (
+        f"error: checkpoint {checkpoint} does not fit config {toy_config}: 2 entries differ in "
+        "shape, first: fc.weight (checkpoint [2, 3] vs model [1, 3]), fc.bias (checkpoint [2] "
+        "vs model [1]); 1 entries the model lacks: fc2.bias\n"
+    )
+    assert not out.exists()
+    torch.save(dict(state_dict={"fc.weight": torch.zeros(1, 3)}), checkpoint)
+    code, err = run("test", capsys, toy_config, checkpoint, "--work-dir", tmp_path)
+    assert code == 2
+    assert err.endswith(": 1 model entries missing from the checkpoint: fc.bias\n")
+
+
+def test_a_truncated_checkpoint_is_named(trained_toy, tmp_path, capsys) -> None:
+    config, trained = trained_toy
+    data = (trained / "iter_4.pth").read_bytes()
+    checkpoint = tmp_path / "iter_4.pth"
+    checkpoint.write_bytes(data[: len(data) // 2])
+    expected = f"error: cannot read checkpoint {checkpoint} (truncated, damaged or not a torch "
+    code, err = run("test", capsys, config, checkpoint, "--work-dir", tmp_path / "test")
+    assert code == 2
+    assert err.startswith(expected) and err.count("\n") == 1, err
+    code, again = run("train", capsys, config, "--work-dir", tmp_path / "w", "--resume", checkpoint)
+    assert (code, again) == (2, err)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("model.balancer.type=PCGradd", "model.balancer.type: unknown balancer 'PCGradd' ("),
+        ("optim_wrapper.optimizer.lr=-0.05", "optim_wrapper.optimizer.lr = -0.05: a learning"),
+        ("train_cfg.max_iters=0", "train_cfg.max_iters = 0: must be a positive integer"),
+    ],
+)
+def test_config_mistakes_name_the_key(toy_config, tmp_path, capsys, option, message) -> None:
+    work_dir = tmp_path / "work"
+    code, err = run("train", capsys, toy_config, "--work-dir", work_dir, "--cfg-options", option)
+    assert code == 2
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not list(work_dir.glob("*.pth"))
+
+
+def test_config_file_mistakes_name_the_file(tmp_path, capsys) -> None:
+    config = tmp_path / "typo.py"
+    config.write_text(TOY_CONFIG.replace("val_cfg = dict()", "val_cfg = dict(("))
+    line = TOY_CONFIG.splitlines().index("val_cfg = dict()") + 1
+    for tool, extra in (("train", []), ("test", ["ckpt.pth"])):
+        code, err = run(tool, capsys, config, *extra)
+        assert code == 2
+        assert err == f"error: {config}, line {line}: syntax error: '(' was never closed\n"
+    code, err = run("train", capsys, tmp_path / "absent.py")
+    assert (code, err) == (2, f"error: {tmp_path / 'absent.py'}: no such config file\n")
+
+
+def test_a_full_disk_names_the_checkpoint(toy_config, tmp_path, capsys, monkeypatch) -> None:
+    def put(self, obj: bytes, filepath) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(LocalBackend, "put", put)
+    work_dir = tmp_path / "work"
+    code, err = run("train", capsys, toy_config, "--work-dir", work_dir)
+    assert code == 2
+    assert err.startswith(f"error: cannot write {work_dir / 'iter_2.pth'}: No space left on dev")
+    assert err.endswith(f" MiB free in {work_dir})\n")
+    assert not list(work_dir.glob(".*.tmp"))
+
+
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_run_into_a_work_dir_in_use_fails(toy_config, tmp_path, capsys) -> None:
+    """While another process holds the work dir, training there fails naming it; once that
+    process is gone, its lock file blocks nothing."""
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    lock = work_dir / "train.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        code, err = run("train", capsys, toy_config, "--work-dir", work_dir)
+        assert code == 2
+        assert err == (
+            f"error: work dir {work_dir} is in use by another training run (pid {holder.pid}, "
+            f"which holds {lock}); wait for it to end or choose another --work-dir\n"
+        )
+        assert not (work_dir / "iters.txt").exists()
+    finally:
+        holder.communicate(b"")
+    assert lock.read_text() == f"{holder.pid}\n"
+    code, err = run("train", capsys, toy_config, "--work-dir", work_dir)
+    assert code == 0, err
+    assert (work_dir / "last_checkpoint").read_text() == str(work_dir / "iter_4.pth")
+
+
+def test_the_work_dir_lock_is_released_and_taken_by_rank_0_only(tmp_path, monkeypatch) -> None:
+    with hold_work_dir(str(tmp_path)):
+        with pytest.raises(
+            UserError, match=rf"in use by another training run \(pid {os.getpid()},"
+        ):
+            with hold_work_dir(str(tmp_path)):
+                pass
+        monkeypatch.setenv("RANK", "1")  # another rank of the same torchrun job
+        with hold_work_dir(str(tmp_path), "pytorch"):
+            pass
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(UserError):
+            with hold_work_dir(str(tmp_path), "pytorch"):
+                pass
+    with hold_work_dir(str(tmp_path)):
+        pass
+
+
+def test_training_removes_the_temporaries_of_killed_writes(toy_config, tmp_path, capsys) -> None:
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    stale = work_dir / f".iter_2.pth.{process.pid}.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    code, err = run("train", capsys, toy_config, "--work-dir", work_dir)
+    assert code == 0, err
+    assert not stale.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -11,7 +12,13 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry, init_default_scope
 
 from adperception.data import formats
-from adperception.engine import ConfigError, validate_config, validate_model_tasks
+from adperception.engine import (
+    ConfigError,
+    load_config,
+    validate_config,
+    validate_model_tasks,
+    validate_training,
+)
 from tests.data.fixtures import ALL_KINDS, write_cityscapes_tree, write_nyuv2_tree
 
 #: A scope of its own, so that the fake backbone never shows up among the project's models.
@@ -179,3 +186,70 @@ def test_every_problem_of_every_loader_is_reported(tmp_path) -> None:
 def test_config_without_heads_needs_no_dataset() -> None:
     dataset = dict(type="CityscapesMTL", data_root="/nonexistent", split="train")
     validate_config(dict(model=dict(type="SomeModel"), train_dataloader=dict(dataset=dataset)))
+
+
+def test_unknown_balancer_names_the_key_and_the_choices() -> None:
+    model = {**model_cfg(), "balancer": dict(type="PCGradd", weighting=dict(type="Uncertainty"))}
+    lines = error_of(dict(model=model)).splitlines()
+    assert lines[0].startswith("model.balancer.type: unknown balancer 'PCGradd' (registered: ")
+    assert "PCGrad, " in lines[0] and "UncertaintyWeighting" in lines[0]
+    assert lines[1].startswith("model.balancer.weighting.type: unknown balancer 'Uncertainty'")
+    model["balancer"] = dict(type="adperception.PCGrad", weighting=dict(type="DWA"))
+    validate_config(dict(model=model))
+
+
+def test_balancer_without_type() -> None:
+    model = {**model_cfg(), "balancer": dict(interval=25)}
+    assert error_of(dict(model=model)).startswith("model.balancer.type: missing (registered")
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            dict(optim_wrapper=dict(optimizer=dict(type="SGD", lr=-0.1))),
+            "optim_wrapper.optimizer.lr = -0.1: a learning rate must be a number >= 0",
+        ),
+        (
+            dict(optim_wrapper=dict(optimizer=dict(type="SGD", lr="1e-3"))),
+            "optim_wrapper.optimizer.lr = '1e-3': a learning rate must be a number >= 0",
+        ),
+        (
+            dict(train_cfg=dict(by_epoch=False, max_iters=0)),
+            "train_cfg.max_iters = 0: must be a positive integer",
+        ),
+        (dict(train_cfg=dict(max_epochs=2.5)), "train_cfg.max_epochs = 2.5: must be a positive"),
+    ],
+)
+def test_training_values_that_cannot_train(cfg: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        validate_training(cfg)
+
+
+def test_training_values_that_train() -> None:
+    validate_training(
+        dict(
+            optim_wrapper=dict(optimizer=dict(type="SGD", lr=0), paramwise_cfg=dict(lr_mult=2)),
+            train_cfg=dict(by_epoch=False, max_iters=1),
+        )
+    )
+
+
+def test_config_syntax_error_names_file_and_line(tmp_path) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text("model = dict(\n    type = = 'x',\n)\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}, line 2: syntax error: "):
+        load_config(path)
+    child = tmp_path / "child.py"
+    child.write_text(f"_base_ = [{str(path)!r}]\n")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}.*line 2"):
+        load_config(child)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path))}/none.py: no such config"):
+        load_config(tmp_path / "none.py")
+
+
+def test_missing_base_config_is_named(tmp_path) -> None:
+    child = tmp_path / "child.py"
+    child.write_text("_base_ = ['missing_base.py']\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(child))}: .*missing_base\.py"):
+        load_config(child)
