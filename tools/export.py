@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,15 +33,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Export; a ``UserError`` (a wrong config file, a checkpoint that is damaged or does not fit
+    the config) is printed as ``error: ...`` lines and returns 2."""
     args = parse_args(argv)
+    from adperception.engine import UserError, load_config
     from adperception.export import add_onnx, export_checkpoint
 
-    out = export_checkpoint(args.config, args.checkpoint, args.out, half=args.half)
-    if args.format == "onnx":
-        add_onnx(out, input_shape=tuple(args.shape) if args.shape else None)
+    try:
+        cfg = load_config(args.config)
+        out = export_checkpoint(cfg, args.checkpoint, args.out, half=args.half)
+        if args.format == "onnx":
+            add_onnx(out, input_shape=tuple(args.shape) if args.shape else None)
+    except UserError as error:
+        return error.report()
     print(f"exported to {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
