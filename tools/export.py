@@ -5,8 +5,9 @@
     python tools/export.py CONFIG CKPT --format onnx --out DIR [--shape H W]
 
 ``checkpoint`` writes model.safetensors, config.json, meta.json and manifest.json; ``onnx`` writes
-the same plus model.onnx (fp32, dynamic batch, input H×W fixed: the test scale padded to 32 unless
---shape is given). --half stores the safetensors weights in fp16.
+the same plus model.onnx (fp32, dynamic batch; inputs: the images padded to a fixed H×W, the test
+scale padded to 32 unless --shape is given, and each image's (h, w) inside that padding). --half
+stores the safetensors weights in fp16.
 """
 
 from __future__ import annotations

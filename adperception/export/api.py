@@ -38,8 +38,9 @@ def inference(
         pad_to = model.input_shape
     for image in [images] if single else images:
         prepared = prepare(image, model.meta, pad_to=pad_to)
+        img_shapes = torch.tensor([prepared.resized_shape], device=device)
         with torch.no_grad():
-            outputs = model(prepared.batch.to(device))
+            outputs = model(prepared.batch.to(device), img_shapes)
         outputs = {name: value.cpu() for name, value in outputs.items()}
         results.append(postprocess(outputs, 0, prepared, model.meta))
     return results[0] if single else results

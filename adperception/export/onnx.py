@@ -6,9 +6,14 @@ exporter traces mmdet's DAB-DETR and the timm ConvNeXt/Swin backbones as they ar
 ``Transpose`` nodes with negative ``perm`` entries for ``movedim(-1, 1)`` (the adapters), which
 onnxruntime rejects, so ``export_onnx`` rewrites them as the equivalent non-negative axes.
 
-Graph: input ``images`` B×3×H×W float32 (normalised as in ``meta.json``, H and W fixed at export:
-the mmdet/mmseg upsampling sizes are traced as constants), batch axis dynamic. Outputs, named as
-``InferenceModel``'s keys for the tasks the model has (Q queries, K classes, C seg classes):
+Graph: inputs ``images`` B×3×H×W float32 (normalised as in ``meta.json``, each image padded
+bottom/right; H and W fixed at export: the mmdet/mmseg upsampling sizes are traced as constants)
+and, with a detection head, ``img_shapes`` B×2 int64, the (h, w) of each image inside its
+padding, from which the graph builds the detector's padding mask as mmdet does in training and
+``predict`` (an image of another aspect ratio fills part of the input: the decoder must not
+attend to the rest, nor normalise its positional encoding over it). Batch axis dynamic.
+Outputs, named as ``InferenceModel``'s keys for the tasks the model has (Q queries, K classes,
+C seg classes):
 
     det_logits  B×Q×K        class logits (K + 1 with background for softmax DETR)
     det_boxes   B×Q×4        normalised (cx, cy, w, h)
@@ -34,7 +39,7 @@ from adperception.export.checkpoint import META, load_inference_model, verify, w
 from adperception.export.wrapper import InferenceModel
 
 ONNX_FILE = "model.onnx"
-INPUT_NAME = "images"
+INPUT_NAMES = ("images", "img_shapes")
 OPSET = 17
 
 
@@ -55,15 +60,15 @@ def export_onnx(
     ``onnx.checker``."""
     height, width = input_shape
     model = model.eval().cpu()
-    example = torch.zeros(1, 3, height, width)
+    example = (torch.zeros(1, 3, height, width), torch.tensor([[height, width]]))
     path = Path(path)
-    dynamic = {name: {0: "batch"} for name in [INPUT_NAME, *model.output_names]}
+    dynamic = {name: {0: "batch"} for name in [*INPUT_NAMES, *model.output_names]}
     with torch.no_grad():
         torch.onnx.export(
             model,
-            (example,),
+            example,
             str(path),
-            input_names=[INPUT_NAME],
+            input_names=list(INPUT_NAMES),
             output_names=model.output_names,
             dynamic_axes=dynamic,
             opset_version=OPSET,
@@ -101,24 +106,38 @@ def add_onnx(directory: str | os.PathLike, *, input_shape: tuple[int, int] | Non
 
 class OnnxModel:
     """onnxruntime session of an exported directory's ``model.onnx`` with the call signature of
-    ``InferenceModel``: ``model(batch)`` → {output name: tensor}; ``meta`` as ``meta.json``."""
+    ``InferenceModel``: ``model(batch, img_shapes)`` → {output name: tensor}; ``meta`` as
+    ``meta.json``; ``input_shape`` the graph's fixed (H, W)."""
 
     def __init__(self, directory: str | os.PathLike, providers: list[str] | None = None) -> None:
         directory = Path(directory)
         manifest = verify(directory)
+        path = directory / ONNX_FILE
         if ONNX_FILE not in manifest["sha256"]:
-            raise FileNotFoundError(f"{directory / ONNX_FILE}: not part of this export")
+            raise FileNotFoundError(f"{path}: not part of this export")
         self.meta = json.loads((directory / META).read_text())
         self.session = ort.InferenceSession(
-            str(directory / ONNX_FILE), providers=providers or ["CPUExecutionProvider"]
+            str(path), providers=providers or ["CPUExecutionProvider"]
         )
+        inputs = self.session.get_inputs()
+        # The exporter drops an input nothing reads: img_shapes is there with a detection head.
+        self.input_names = [graph_input.name for graph_input in inputs]
         self.output_names = [output.name for output in self.session.get_outputs()]
-        height, width = self.session.get_inputs()[0].shape[2:]
+        if "det_logits" in self.output_names and INPUT_NAMES[1] not in self.input_names:
+            raise ValueError(
+                f"{path}: detection outputs but no {INPUT_NAMES[1]!r} input (exported before "
+                "the padding mask); export it again with tools/export.py"
+            )
+        height, width = inputs[0].shape[2:]
         self.input_shape = (int(height), int(width))
 
-    def __call__(self, batch: Tensor) -> dict[str, Tensor]:
-        inputs = {INPUT_NAME: np.ascontiguousarray(batch.detach().cpu().numpy(), np.float32)}
-        outputs = self.session.run(self.output_names, inputs)
+    def __call__(self, batch: Tensor, img_shapes: Tensor) -> dict[str, Tensor]:
+        arrays = {
+            INPUT_NAMES[0]: np.ascontiguousarray(batch.detach().cpu().numpy(), np.float32),
+            INPUT_NAMES[1]: np.ascontiguousarray(img_shapes.detach().cpu().numpy(), np.int64),
+        }
+        feeds = {name: arrays[name] for name in self.input_names}
+        outputs = self.session.run(self.output_names, feeds)
         return {
             name: torch.from_numpy(value)
             for name, value in zip(self.output_names, outputs, strict=True)

@@ -1,13 +1,18 @@
 """The deployment module: a thin wrapper over the training model with fixed tensor outputs.
 
-``InferenceModel(batch)`` takes a normalised float batch B×3×H×W (H, W multiples of 32) and
-returns ``{name: tensor}`` with exactly the names of ``OUTPUT_SPECS`` for the tasks the model
-has, in that order; these are also the ONNX graph's output names. No padding masks, no data
-samples: every image fills the batch.
+``InferenceModel(batch, img_shapes)`` takes a normalised float batch B×3×H×W (H, W multiples of
+32), each image padded bottom/right, and the B×2 int64 (h, w) of each image in it (mmdet's
+``img_shape``); it returns ``{name: tensor}`` with exactly the names of ``OUTPUT_SPECS`` for the
+tasks the model has, in that order. These are also the ONNX graph's input and output names. The
+detector masks each image's padding from ``img_shapes`` as training and ``predict`` do; no data
+samples.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
 from adperception.models.multitask import MultiTaskModel
@@ -20,6 +25,14 @@ OUTPUT_SPECS: dict[str, tuple[str, str]] = {
     "depth": ("depth", "B×1×H/4×W/4 metric depth in metres (> 0)"),
     "normals": ("normals", "B×3×H/4×W/4 unit normals (x right, y down, z forward)"),
 }
+
+
+def padding_mask(img_shapes: Tensor, size: Sequence[int]) -> Tensor:
+    """B×H×W bool, True outside each image's top-left (h, w) = row of ``img_shapes`` in a batch
+    of ``size`` (H, W): the mask mmdet's DETRs build from ``img_shape``, from tensors alone."""
+    rows = torch.arange(size[0], device=img_shapes.device)[None, :, None]
+    cols = torch.arange(size[1], device=img_shapes.device)[None, None, :]
+    return (rows >= img_shapes[:, 0, None, None]) | (cols >= img_shapes[:, 1, None, None])
 
 
 def output_names(tasks: tuple[str, ...] | list[str]) -> list[str]:
@@ -40,15 +53,16 @@ class InferenceModel(nn.Module):
         self.meta = meta
         self.output_names = output_names(model.tasks)
 
-    def forward(self, batch: Tensor) -> dict[str, Tensor]:
+    def forward(self, batch: Tensor, img_shapes: Tensor) -> dict[str, Tensor]:
         feats = self.model.extract_feat(batch)
         outputs: dict[str, Tensor] = {}
         for task, head in self.model.heads.items():
-            raw = head(feats[self.model.task_groups[task]])
+            group = feats[self.model.task_groups[task]]
             if task == "det":
-                outputs["det_logits"], outputs["det_boxes"] = raw
+                mask = padding_mask(img_shapes, batch.shape[-2:])
+                outputs["det_logits"], outputs["det_boxes"] = head(group, mask)
             elif task == "seg":
-                outputs["seg_logits"] = raw
+                outputs["seg_logits"] = head(group)
             else:
-                outputs[task] = raw
+                outputs[task] = head(group)
         return {name: outputs[name] for name in self.output_names}

@@ -23,17 +23,22 @@ from adperception.data.synth import generate_dataset
 from adperception.engine import setup_runtime
 from adperception.export import (
     OnnxModel,
+    add_onnx,
     export_checkpoint,
     inference,
     init_model,
     output_names,
 )
 from adperception.export.checkpoint import load_weights
+from adperception.export.postprocess import postprocess, prepare
 from adperception.registry import MODELS, TRANSFORMS
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = (64, 128)  # (h, w) of the generated images and of the test scale: s = 1
 VERSIONED = {"adperception", "torch", "mmengine", "mmdet", "mmseg", "timm"}
+SQUARE = 128  # test scale (w = h) and so ONNX input side of the aspect-ratio tests
+#: (h, w) of the aspect-ratio tests' images: two other aspect ratios and the export size.
+ASPECTS = {"70x150": (70, 150), "300x100": (300, 100), "export-size": (SQUARE, SQUARE)}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,7 @@ test_dataloader = val_dataloader
     torch.save(
         {
             "state_dict": state,
-            "ema_state_dict": {f"module.{k}": v.clone() for k, v in state.items()},
+            "ema_state_dict": {f"module.{k}": v for k, v in state.items()},
             "optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": []},
             "meta": {"iter": 0},
         },
@@ -72,7 +77,43 @@ test_dataloader = val_dataloader
     dataset = SynthDrive(data_root=str(root / "data"), split="val", pipeline=[])
     images = [dataset.get_raw_sample(i)["img"] for i in range(2)]
     return dict(
-        root=root, config=config, checkpoint=checkpoint, out=out, model=model, images=images
+        root=root,
+        config=config,
+        checkpoint=checkpoint,
+        out=out,
+        model=model,
+        images=images,
+        pipeline=cfg.test_dataloader.dataset.pipeline,
+    )
+
+
+@pytest.fixture(scope="module")
+def square(setup: dict) -> dict:
+    """The setup's checkpoint exported with ONNX under a SQUARE×SQUARE test scale, its torch and
+    onnxruntime models, images of ASPECTS already at that scale (the test pipeline's Resize, so
+    that inference's own resize leaves them as they are and its results are in predict's
+    pixels), and predict on the three as one batch: padded as the ONNX input, SQUARE×SQUARE."""
+    config = setup["root"] / "square.py"
+    config.write_text(f"""
+_base_ = [{str(setup["config"])!r}]
+test_pipeline = [dict(type="Resize", scale=({SQUARE}, {SQUARE})), dict(type="PackMTLInputs")]
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+""")
+    cfg = Config.fromfile(config)
+    out = export_checkpoint(cfg, setup["checkpoint"], setup["root"] / "square")
+    add_onnx(out)
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    resize = TRANSFORMS.build(pipeline[0])
+    frame = setup["images"][0]
+    images = [resize({"img": cv2.resize(frame, (w, h))})["img"] for h, w in ASPECTS.values()]
+    assert [image.shape[:2] for image in images] == [(60, 128), (128, 43), (SQUARE, SQUARE)]
+    return dict(
+        torch=init_model(out),
+        onnx=OnnxModel(out),
+        pipeline=pipeline,
+        images=images,
+        batched=predict(setup["model"], images, pipeline),
     )
 
 
@@ -83,12 +124,47 @@ def run_tool(*args: str | Path) -> subprocess.CompletedProcess:
     )
 
 
-def predict(model: torch.nn.Module, image: np.ndarray) -> object:
-    """The training model's ``predict`` on ``image`` as tools/test.py runs it (no resize)."""
-    packed = TRANSFORMS.build(dict(type="PackMTLInputs"))({"img": image})
+def predict(model: torch.nn.Module, images: list[np.ndarray], pipeline: list) -> list:
+    """The training model's ``predict`` on ``images`` as one batch, as tools/test.py runs it: the
+    test ``pipeline``, then the data preprocessor (normalise, pad to the batch's largest image
+    and to a multiple of 32)."""
+    transforms = [TRANSFORMS.build(step) for step in pipeline]
+    packed = []
+    for image in images:
+        results = {"img": image}
+        for transform in transforms:
+            results = transform(results)
+        packed.append(results)
     with torch.no_grad():
-        data = model.data_preprocessor(pseudo_collate([packed]), False)
-        return model(**data, mode="predict")[0]
+        data = model.data_preprocessor(pseudo_collate(packed), False)
+        return model(**data, mode="predict")
+
+
+def full_shapes(batch: torch.Tensor) -> torch.Tensor:
+    """``img_shapes`` of a batch whose images fill it."""
+    return torch.tensor([batch.shape[-2:]] * len(batch))
+
+
+def assert_matches(result: dict, sample: object, rtol: float = 1e-3) -> None:
+    """``inference``'s ``result`` against ``predict``'s ``sample`` for the same image: boxes,
+    scores, depth and normals within ``rtol`` of their largest magnitude, the same labels, and
+    the same segmentation on all but a fraction ``rtol`` of the pixels."""
+
+    def close(name: str, actual: np.ndarray, expected: torch.Tensor) -> None:
+        expected = expected.numpy()
+        assert actual.shape == expected.shape, name
+        error = np.abs(actual - expected).max() / np.abs(expected).max()
+        assert error < rtol, f"{name}: max relative error {error:.2e}"
+
+    instances = sample.pred_instances
+    close("boxes", result["boxes"], instances.bboxes)
+    close("scores", result["scores"], instances.scores)
+    assert result["labels"].tolist() == instances.labels.tolist()
+    seg = sample.pred_sem_seg.data[0].numpy()
+    assert result["seg"].shape == seg.shape
+    assert (result["seg"] != seg).mean() <= rtol
+    close("depth", result["depth"], sample.pred_depth.data[0])
+    close("normals", result["normals"], sample.pred_normals.data.permute(1, 2, 0))
 
 
 def test_directory_holds_weights_config_metadata_and_checksums(setup: dict) -> None:
@@ -147,19 +223,21 @@ def test_half_precision_halves_the_file_and_still_loads(setup: dict, tmp_path: P
     assert json.loads((half / "manifest.json").read_text())["dtype"] == "float16"
     batch = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        full = init_model(setup["out"])(batch)
-        halved = init_model(half)(batch)
+        full = init_model(setup["out"])(batch, full_shapes(batch))
+        halved = init_model(half)(batch, full_shapes(batch))
     torch.testing.assert_close(halved["depth"], full["depth"], rtol=1e-2, atol=1e-2)
 
 
 def test_inference_at_the_test_scale_equals_predict(setup: dict) -> None:
     model = init_model(setup["out"])
     assert not model.training
-    assert list(model(torch.zeros(1, 3, *SIZE))) == output_names(("det", "seg", "depth", "normals"))
+    zeros = torch.zeros(1, 3, *SIZE)
+    tasks = ("det", "seg", "depth", "normals")
+    assert list(model(zeros, full_shapes(zeros))) == output_names(tasks)
     results = inference(model, setup["images"])
     assert len(results) == 2
     for image, result in zip(setup["images"], results, strict=True):
-        sample = predict(setup["model"], image)
+        sample = predict(setup["model"], [image], setup["pipeline"])[0]
         expected = sample.pred_instances
         torch.testing.assert_close(torch.from_numpy(result["boxes"]), expected.bboxes)
         torch.testing.assert_close(torch.from_numpy(result["scores"]), expected.scores)
@@ -178,7 +256,7 @@ def test_inference_undoes_the_test_resize(setup: dict) -> None:
     large = cv2.resize(small, (2 * SIZE[1], 2 * SIZE[0]), interpolation=cv2.INTER_LINEAR)
     resized = TRANSFORMS.build(dict(type="Resize", scale=(SIZE[1], SIZE[0])))({"img": large})
     assert resized["scale_factor"] == (0.5, 0.5)
-    sample = predict(setup["model"], resized["img"])
+    sample = predict(setup["model"], [resized["img"]], setup["pipeline"])[0]
     result = inference(model, large)
     torch.testing.assert_close(torch.from_numpy(result["boxes"]), sample.pred_instances.bboxes * 2)
     torch.testing.assert_close(torch.from_numpy(result["scores"]), sample.pred_instances.scores)
@@ -201,9 +279,10 @@ def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(setup: dict) -> None:
     assert session.output_names == model.output_names
     assert session.input_shape == SIZE
     batch = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(1))
+    img_shapes = torch.tensor([SIZE, (40, 100)])  # the second image is partly padding
     with torch.no_grad():
-        expected = model(batch)
-    actual = session(batch)
+        expected = model(batch, img_shapes)
+    actual = session(batch, img_shapes)
     for name, value in expected.items():
         assert actual[name].shape == value.shape
         relative = (actual[name] - value).abs().max() / value.abs().max()
@@ -216,6 +295,37 @@ def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(setup: dict) -> None:
     assert (by_onnx["seg"] == by_torch["seg"]).mean() > 0.999
     np.testing.assert_allclose(by_onnx["depth"], by_torch["depth"], rtol=1e-4)
     np.testing.assert_allclose(by_onnx["normals"], by_torch["normals"], atol=1e-4)
+
+
+@pytest.mark.parametrize("size", list(ASPECTS))
+def test_inference_on_other_aspect_ratios_equals_predict(
+    square: dict, setup: dict, size: str
+) -> None:
+    """PyTorch pads to a multiple of 32 and is compared with predict on the image alone; the
+    ONNX graph pads to its fixed input and is compared with predict on the batch of all three,
+    which pads each image to the same size. Without the padding mask the ONNX boxes of the two
+    other aspect ratios are off by ~70 % of the largest coordinate."""
+    index = list(ASPECTS).index(size)
+    image = square["images"][index]
+    alone = predict(setup["model"], [image], square["pipeline"])[0]
+    assert_matches(inference(square["torch"], image), alone)
+    assert_matches(inference(square["onnx"], image), square["batched"][index])
+
+
+def test_a_dynamic_batch_of_mixed_sizes_equals_predict(square: dict) -> None:
+    """The three images in one input, each with its img_shape, through the PyTorch wrapper and
+    onnxruntime, against predict on the same batch."""
+    meta = square["onnx"].meta
+    prepared = [
+        prepare(image, meta, pad_to=square["onnx"].input_shape) for image in square["images"]
+    ]
+    batch = torch.cat([item.batch for item in prepared])
+    img_shapes = torch.tensor([item.resized_shape for item in prepared])
+    for model in (square["torch"], square["onnx"]):
+        with torch.no_grad():
+            outputs = model(batch, img_shapes)
+        for index, (item, sample) in enumerate(zip(prepared, square["batched"], strict=True)):
+            assert_matches(postprocess(outputs, index, item, meta), sample)
 
 
 def test_infer_tool_writes_one_panel_per_image(setup: dict, tmp_path: Path) -> None:

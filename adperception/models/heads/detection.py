@@ -2,7 +2,8 @@
 
 The detector's transformer (``pre_transformer`` -> encoder -> ``pre_decoder`` -> decoder), its
 set loss (Hungarian assignment) and its post-processing all come from mmdet unchanged; this
-file only feeds it the FPN maps in place of the image backbone and neck it was written with.
+file only feeds it the FPN maps in place of the image backbone and neck it was written with, and
+on the export path the padding mask as a tensor in place of the data samples it is built from.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 
+import torch
+import torch.nn.functional as F
 from mmdet.models.detectors import DetectionTransformer
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.model import BaseModule
@@ -85,30 +88,79 @@ class DetectionHead(BaseModule):
             raise ValueError(f"detector reads {self.num_levels} levels, got {len(feats)} maps")
         return tuple(feats[len(feats) - self.num_levels :])
 
-    def forward(self, feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """Raw outputs of the last decoder layer, for export: images fill the batch (no padding).
+    def forward(
+        self, feats: Sequence[Tensor], padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Raw outputs of the last decoder layer, for export.
 
         Args:
-            feats: FPN maps B×C×(H/s)×(W/s), s = 4, 8, 16, 32.
+            feats: FPN maps B×C×(Hp/s)×(Wp/s), s = 4, 8, 16, 32, of a padded batch Hp×Wp.
+            padding_mask: B×Hp×Wp bool, True outside each image's ``img_shape``: the mask
+                mmdet's DETRs build from the data samples, given as a tensor so that an ONNX
+                graph can take it from its inputs. None: every image fills the batch.
 
         Returns:
             class logits B×Q×K (K = num_classes, + 1 background for softmax DETR) and boxes
-            B×Q×4 normalised (cx, cy, w, h) in [0, 1]. Call it in eval mode: in training, DINO
-            adds denoising queries made from ground truth, which ``feats`` alone lack.
+            B×Q×4 normalised (cx, cy, w, h) in [0, 1] of each image's ``img_shape``. Call it in
+            eval mode: in training, DINO adds denoising queries made from ground truth, which
+            ``feats`` alone lack.
         """
         selected = self._select(feats)
         height, width = selected[0].shape[-2:]
-        # Equal img_shape and batch_input_shape: no padding mask, as in mmdet's ONNX path.
+        # Equal img_shape and batch_input_shape: mmdet builds no mask (nor in ONNX export).
         shape = (int(height), int(width))
         samples = [
             MTLDataSample(metainfo=dict(img_shape=shape, batch_input_shape=shape))
             for _ in range(selected[0].shape[0])
         ]
-        head_inputs = self.detector.forward_transformer(selected, samples)
+        encoder_inputs, decoder_inputs = self.detector.pre_transformer(selected, samples)
+        if padding_mask is not None:
+            self._mask_padding(selected, padding_mask, encoder_inputs, decoder_inputs)
+        # mmdet's forward_transformer after pre_transformer; DINO's pre_decoder reads data
+        # samples only for the denoising queries of training.
+        decoder_extra, head_inputs = self.detector.pre_decoder(
+            **self.detector.forward_encoder(**encoder_inputs)
+        )
+        decoder_inputs.update(decoder_extra)
+        head_inputs.update(self.detector.forward_decoder(**decoder_inputs))
         # Two-stage detectors add encoder proposals in training, which only the loss reads.
         args = [head_inputs[key] for key in ("hidden_states", "references") if key in head_inputs]
         cls_scores, bbox_preds = self.detector.bbox_head(*args)
         return cls_scores[-1], bbox_preds[-1]
+
+    def _mask_padding(
+        self,
+        feats: tuple[Tensor, ...],
+        padding_mask: Tensor,
+        encoder_inputs: dict,
+        decoder_inputs: dict,
+    ) -> None:
+        """Replace the padding-dependent inputs of mmdet's unmasked ``pre_transformer`` with
+        those of its masked branch (DETR's or Deformable DETR's), built from ``padding_mask``
+        rather than from ``img_shape`` in Python: the mask nearest-downsampled to each level,
+        the sine encoding normalised over the valid area, and the levels' valid ratios."""
+        detector = self.detector
+        masks = [
+            F.interpolate(padding_mask[:, None].float(), size=feat.shape[-2:]).to(torch.bool)[:, 0]
+            for feat in feats
+        ]
+        batch, channels = feats[0].shape[:2]
+        # view, not flatten: mmdet's way of keeping the batch axis dynamic in ONNX
+        pos = [
+            detector.positional_encoding(mask).view(batch, channels, -1).permute(0, 2, 1)
+            for mask in masks
+        ]
+        memory_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
+        if self.num_levels is None:
+            encoder_inputs.update(feat_mask=memory_mask, feat_pos=pos[0])
+            decoder_inputs.update(memory_mask=memory_mask, memory_pos=pos[0])
+            return
+        level_pos = [p + detector.level_embed[level].view(1, 1, -1) for level, p in enumerate(pos)]
+        valid_ratios = torch.stack([detector.get_valid_ratio(mask) for mask in masks], 1)
+        encoder_inputs.update(
+            feat_mask=memory_mask, feat_pos=torch.cat(level_pos, 1), valid_ratios=valid_ratios
+        )
+        decoder_inputs.update(memory_mask=memory_mask, valid_ratios=valid_ratios)
 
     def loss(
         self, feats: Sequence[Tensor], data_samples: Sequence[MTLDataSample]
