@@ -13,7 +13,8 @@
 - ``BALANCERS``: loss weightings and gradient aggregators (``model.balancer=dict(type=...)``),
   built by ``adperception.balancing.build_balancer``.
 - ``MODEL_WRAPPERS``: the DDP wrapper whose train step runs the balancer.
-- ``HOOKS``, ``OPTIM_WRAPPERS``, ``RUNNERS``, ``LOOPS``: training glue in ``adperception.engine``.
+- ``HOOKS``, ``OPTIM_WRAPPERS``, ``OPTIM_WRAPPER_CONSTRUCTORS``, ``RUNNERS``, ``LOOPS``: training
+  glue in ``adperception.engine``.
 """
 
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
@@ -22,6 +23,7 @@ from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
@@ -57,6 +59,12 @@ HOOKS = Registry(
 OPTIM_WRAPPERS = Registry(
     "optim_wrapper",
     parent=MMENGINE_OPTIM_WRAPPERS,
+    scope="adperception",
+    locations=["adperception.engine"],
+)
+OPTIM_WRAPPER_CONSTRUCTORS = Registry(
+    "optimizer wrapper constructor",
+    parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
     scope="adperception",
     locations=["adperception.engine"],
 )

@@ -11,7 +11,7 @@ _ffn = dict(
 _attn = dict(embed_dims=_embed, num_heads=4, attn_drop=0.0, proj_drop=0.0)
 model = dict(
     backbone=dict(model_name="convnext_atto", drop_path_rate=0.0),
-    balancer=dict(interval=25),  # gradients measured (escalation decided) every 25 steps
+    balancer=dict(measure_interval=25),  # gradients measured (escalation decided) every 25 steps
     neck=dict(out_channels=_embed),
     heads=dict(
         det=dict(
@@ -69,5 +69,4 @@ train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(
     logger=dict(interval=25), checkpoint=dict(interval=max_iters, max_keep_ckpts=1)
 )
-custom_hooks = [dict(type="GradientDiagnosticsHook", interval=25)]
 randomness = dict(seed=0, deterministic=True)

@@ -1,26 +1,21 @@
-"""Loss balancing and gradient surgery (DESIGN.md §5).
+"""Loss balancing and gradient surgery (docs/design.md, "Balancing").
 
 ``model.balancer=dict(type=...)`` picks a weighting (``EqualWeighting``, ``StaticWeighting``,
 ``UncertaintyWeighting``, ``DWA``, ``GradNorm``, ``TrendWeighting``) or an aggregator
 (``PCGrad``, ``CAGrad``, ``IMTLG``, ``MGDA``, ``NashMTL``, each with an optional
-``weighting=dict(...)``), or the default ``Escalation``. ``functional`` holds the aggregators as
-pure functions of the task-gradient matrix.
+``weighting=dict(...)``), or the default ``Escalation``. By concept: ``functional`` holds the
+aggregators as pure functions of the Gram matrix, ``aggregators`` the balancers a config names
+for them, ``weighting`` the loss weightings, ``balancer`` the step driver, ``task_gradients``
+the per-task gradient engine, ``layout`` the sharing groups, ``stats`` what a step measured.
 """
 
 from adperception.balancing import functional
-from adperception.balancing.balancer import (
-    IMTLG,
-    MGDA,
-    CAGrad,
-    GradientBalancer,
-    NashMTL,
-    PCGrad,
-    build_balancer,
-)
+from adperception.balancing.aggregators import IMTLG, MGDA, CAGrad, NashMTL, PCGrad
+from adperception.balancing.balancer import STEP_KINDS, GradientBalancer, build_balancer
 from adperception.balancing.escalation import Escalation
 from adperception.balancing.layout import SharingGroup, SharingLayout, group_name
 from adperception.balancing.reference import PCGradReference
-from adperception.balancing.stats import GradientStats, GroupGradients
+from adperception.balancing.stats import GradientStats, GroupGradients, conflict_rate
 from adperception.balancing.weighting import (
     DWA,
     EqualWeighting,
@@ -45,6 +40,7 @@ __all__ = [
     "NashMTL",
     "PCGrad",
     "PCGradReference",
+    "STEP_KINDS",
     "SharingGroup",
     "SharingLayout",
     "StaticWeighting",
@@ -52,6 +48,7 @@ __all__ = [
     "UncertaintyWeighting",
     "Weighting",
     "build_balancer",
+    "conflict_rate",
     "functional",
     "group_name",
 ]

@@ -6,12 +6,10 @@ from collections.abc import Sequence
 
 import torch
 from mmengine.logging import MMLogger, print_log
-from torch import nn
 
 from adperception.balancing.balancer import GradientBalancer
-from adperception.balancing.stats import GradientStats
+from adperception.balancing.stats import GradientStats, conflict_rate
 from adperception.balancing.weighting import Weighting
-from adperception.diagnostics.gradients import conflict_rate
 from adperception.registry import BALANCERS
 
 
@@ -19,21 +17,22 @@ from adperception.registry import BALANCERS
 class Escalation(GradientBalancer):
     """Uncertainty weighting that switches to PCGrad when gradient conflict persists.
 
-    Every ``interval`` steps the per-task gradients are measured (the step's update is the
-    plain weighted one, so measuring changes nothing) and the conflict rate of each sharing
+    Every ``measure_interval`` steps the per-task gradients are measured (the step's update is
+    the plain weighted one, so measuring changes nothing) and the conflict rate of each sharing
     group is taken; the largest feeds an exponential moving average (``momentum``, starting
     from 0 so that the evidence has to accumulate). When that average exceeds ``threshold`` at
     ``patience`` measurements in a row, PCGrad takes over on
     the weighted task gradients, with ``surgery_interval`` as for ``PCGrad``, while the
     weighting (and uncertainty weighting's log-variances) keeps learning. The switch is logged
-    with its evidence, and the state is buffers, so it is in every checkpoint and resumes.
+    with its evidence, and the state is buffers, so it is in every checkpoint and resumes (also
+    with another ``patience``: the window of recent rates is cut or padded to it).
     """
 
     def __init__(
         self,
         tasks: Sequence[str],
         weighting: dict | Weighting | None = None,
-        interval: int = 50,
+        measure_interval: int = 50,
         threshold: float = 0.4,
         momentum: float = 0.8,
         patience: int = 5,
@@ -41,10 +40,9 @@ class Escalation(GradientBalancer):
     ) -> None:
         if weighting is None:
             weighting = dict(type="UncertaintyWeighting")
-        super().__init__(tasks, weighting=weighting, **kwargs)
-        if interval < 1 or patience < 1 or not 0.0 <= momentum < 1.0:
-            raise ValueError("Escalation: interval >= 1, patience >= 1, 0 <= momentum < 1")
-        self.interval = interval
+        super().__init__(tasks, weighting=weighting, measure_interval=measure_interval, **kwargs)
+        if patience < 1 or not 0.0 <= momentum < 1.0:
+            raise ValueError("Escalation: patience >= 1, 0 <= momentum < 1")
         self.threshold = threshold
         self.momentum = momentum
         self.patience = patience
@@ -59,14 +57,14 @@ class Escalation(GradientBalancer):
     def active_aggregator(self) -> str | None:
         return "pcgrad" if bool(self.escalated) else None
 
-    def needs_task_gradients(self, model: nn.Module) -> bool:
-        if super().needs_task_gradients(model):
-            return True
-        return (
-            bool(self.layout(model).groups)
-            and not bool(self.escalated)
-            and (int(self.num_steps) + 1) % self.interval == 0  # with the diagnostics hook's
-        )
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = f"{prefix}recent_rates"
+        stored = state_dict.get(key)
+        if stored is not None and stored.shape != self.recent_rates.shape:
+            # a resume with another patience: keep the latest rates, newest last
+            recent = stored[-self.patience :]
+            state_dict[key] = torch.cat([recent.new_zeros(self.patience - len(recent)), recent])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _after_measurement(self, stats: GradientStats) -> None:
         if bool(self.escalated):
@@ -91,8 +89,8 @@ class Escalation(GradientBalancer):
         print_log(
             f"balancer escalates to PCGrad at iteration {stats.iter + 1}: the moving average of "
             f"the conflict rate, {float(self.conflict_ema):.3f}, stayed above {self.threshold} for "
-            f"{self.patience} measurements {self.interval} steps apart (the worst sharing group's "
-            f"rate at those measurements: {recent}; at this one, per group: {evidence})",
+            f"{self.patience} measurements {self.measure_interval} steps apart (the worst sharing "
+            f"group's rate at those measurements: {recent}; at this one, per group: {evidence})",
             logger=MMLogger.get_current_instance(),
             level=30,
         )

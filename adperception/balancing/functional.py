@@ -29,6 +29,11 @@ _EPS = torch.finfo(torch.float64).eps
 _TINY = torch.finfo(torch.float64).tiny
 
 
+class SolverError(RuntimeError):
+    """An aggregator's solver failed (did not converge, or met non-finite values); the balancer
+    reports it and falls back to equal weights for that group and step."""
+
+
 def gram_matrix(G: Tensor) -> Tensor:
     """``G Gᵀ`` in float64 on ``G``'s device: ``K[i, j] = g_i · g_j``."""
     G = G.to(torch.float64)
@@ -219,6 +224,8 @@ def nash_mtl_weights(gram: Tensor, ridge: float = 1e-8, max_iter: int = 100) -> 
     rate alone (there is no ``max_norm`` clipping here; clip outside if wanted).
     """
     K = _float64_cpu(gram)
+    if not bool(torch.isfinite(K).all()):
+        raise SolverError("Nash-MTL: the Gram matrix is not finite")
     T = K.shape[0]
     active = _nonzero(K)
     alpha = torch.zeros(T, dtype=torch.float64)
@@ -242,10 +249,12 @@ def nash_mtl_weights(gram: Tensor, ridge: float = 1e-8, max_iter: int = 100) -> 
             while (b + t * step <= 0).any() or objective(b + t * step) > value - t * decrement / 4:
                 t *= 0.5
         b = b + t * step
+        if not bool(torch.isfinite(b).all()):
+            raise SolverError("Nash-MTL: Newton's iterate became non-finite")
         if decrement <= 1e-14:  # after this full step the error is O(λ²), at rounding level
             break
     else:
-        raise RuntimeError(f"Nash-MTL: Newton did not converge in {max_iter} iterations")
+        raise SolverError(f"Nash-MTL: Newton did not converge in {max_iter} iterations")
     alpha[active] = b / norms
     return alpha.to(gram)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -18,13 +20,14 @@ class PCGradReference(GradientBalancer):
     partial sharing; it exists to measure what the per-group implementation saves.
     """
 
-    aggregator = "pcgrad"
+    def __init__(self, tasks: Sequence[str], **kwargs) -> None:
+        super().__init__(tasks, aggregator="pcgrad", **kwargs)
 
-    def needs_task_gradients(self, model: nn.Module) -> bool:
-        return False  # nothing to decide before the forward: DDP is not supported
+    def plan(self, model: nn.Module) -> str:
+        return "weighted"  # DDP is not supported: nothing to bypass
 
     def train_step(
-        self, model: nn.Module, losses: dict[str, Tensor], optim_wrapper, task_gradients: bool
+        self, model: nn.Module, losses: dict[str, Tensor], optim_wrapper, kind: str
     ) -> dict[str, Tensor]:
         task_losses = torch.stack([losses[f"loss_{t}"] for t in self.tasks])
         weights = self.weighting.weights(task_losses.detach()).detach()
@@ -49,7 +52,6 @@ class PCGradReference(GradientBalancer):
         )
         for param, piece in zip(params, update.split([p.numel() for p in params]), strict=True):
             param.grad = piece.view_as(param).clone()
-        optim_wrapper.step()
-        optim_wrapper.zero_grad()
+        optim_wrapper.apply_gradients()
         self.num_steps += 1
         return {f"weight_{t}": w for t, w in zip(self.tasks, weights, strict=True)}

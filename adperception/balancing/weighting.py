@@ -21,8 +21,11 @@ class Weighting(nn.Module):
     """Base class: equal weights, no state.
 
     ``weights(losses)`` is called once per training step with the detached task losses (T,),
-    in the order of ``tasks``; ``regulariser()`` is added to the objective.
+    in the order of ``tasks``; ``objective(...)`` is what trains the weighting's own parameters.
     """
+
+    #: Whether ``objective`` needs the tasks' gradient norms at the shared parameters.
+    needs_gradient_norms = False
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__()
@@ -39,6 +42,23 @@ class Weighting(nn.Module):
 
     def regulariser(self) -> Tensor | None:
         return None
+
+    def objective(
+        self, losses: Tensor, weights: Tensor, gradient_norms: Tensor | None = None
+    ) -> Tensor | None:
+        """The term added to the training objective whose gradient trains this weighting's
+        own parameters (None when it has none): by default ``Σ_i w_i L_i`` with the losses
+        detached, plus the regulariser. ``gradient_norms`` (T,): ``‖∇_W L_i‖`` at the
+        parameters ``gradient_norm_params`` picks, given when ``needs_gradient_norms``."""
+        if not any(p.requires_grad for p in self.parameters()):
+            return None
+        objective = weights @ losses.detach()
+        regulariser = self.regulariser()
+        return objective if regulariser is None else objective + regulariser
+
+    def gradient_norm_params(self, shared: list[nn.Parameter]) -> list[nn.Parameter]:
+        """Of the parameters all tasks share, those whose gradient norms ``objective`` needs."""
+        return shared
 
 
 @BALANCERS.register_module()
@@ -196,7 +216,8 @@ class GradNorm(Weighting):
     the shared parameters W (``grad_params='last_shared'``: the last weight tensor shared by all
     tasks, as in the paper; ``'all_shared'``: every shared parameter) and sets ``w``'s gradient
     from ``Σ_i |G_i − Ḡ·r_i^α|``, with ``r_i`` the task's inverse training rate
-    ``(L_i/L_i(0)) / mean_j(L_j/L_j(0))`` and the target held constant.
+    ``(L_i/L_i(0)) / mean_j(L_j/L_j(0))`` and the target held constant. ``G_i = w_i ‖∇_W L_i‖``
+    is exact in ``w`` without a second-order graph: the raw norms are taken once per step.
     """
 
     needs_gradient_norms = True
@@ -221,6 +242,18 @@ class GradNorm(Weighting):
             self.started.fill_(True)
         positive = self.raw_weights.clamp_min(1e-4)
         return (self.num_tasks * positive / positive.sum()).to(losses)
+
+    def gradient_norm_params(self, shared: list[nn.Parameter]) -> list[nn.Parameter]:
+        if self.grad_params == "last_shared":
+            return [next(p for p in reversed(shared) if p.dim() > 1)]
+        return shared
+
+    def objective(
+        self, losses: Tensor, weights: Tensor, gradient_norms: Tensor | None = None
+    ) -> Tensor:
+        if gradient_norms is None:
+            raise ValueError("GradNorm's objective needs the tasks' gradient norms")
+        return self.gradnorm_loss(weights * gradient_norms.to(weights), losses)
 
     def gradnorm_loss(self, norms: Tensor, losses: Tensor) -> Tensor:
         """The paper's L_grad: ``norms`` (T,) carry the graph back to the weights."""

@@ -9,29 +9,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from adperception.balancing.stats import conflict_rate, cosine_matrix, task_norms
 
-def task_norms(gram: Tensor) -> Tensor:
-    """Each task gradient's L2 norm, ``sqrt(gram[i, i])`` (float64, shape T)."""
-    return gram.diagonal().to(torch.float64).clamp(min=0).sqrt()
-
-
-def cosine_matrix(gram: Tensor) -> Tensor:
-    """The T × T cosine similarities of the task gradients (float64); rows and columns of a task
-    whose gradient is zero are 0, since such a task neither agrees nor conflicts with any."""
-    gram = gram.to(torch.float64)
-    norms = task_norms(gram)
-    denom = torch.outer(norms, norms)
-    cos = torch.where(denom > 0, gram / denom, 0.0)
-    return cos.clamp(-1.0, 1.0)
-
-
-def conflict_rate(gram: Tensor) -> float:
-    """The fraction of unordered task pairs whose gradients point apart (negative cosine)."""
-    cos = cosine_matrix(gram)
-    rows, cols = torch.triu_indices(*cos.shape, offset=1)
-    if rows.numel() == 0:
-        return 0.0
-    return (cos[rows, cols] < 0).double().mean().item()
+__all__ = [
+    "collapsed_tasks",
+    "conflict_rate",
+    "cosine_matrix",
+    "relative_improvement",
+    "sign_flip_rate",
+    "task_norms",
+]
 
 
 def sign_flip_rate(prev_sign: Tensor, sign: Tensor) -> float:

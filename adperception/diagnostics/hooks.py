@@ -1,5 +1,5 @@
-"""The hook that asks the balancer for a gradient measurement every ``interval`` iterations and
-logs what it says (DESIGN.md §6)."""
+"""The hook that logs what the balancer's gradient measurements say (docs/design.md,
+"Diagnostics")."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ class GradientDiagnosticsHook(Hook):
     """Per-task gradient norms, cosines, conflict and sign-flip rates on the shared parameters of
     every sharing group, loss ratios, loss weights and collapse warnings.
 
-    Every ``interval`` iterations it sets the balancer's ``measure_next_step``; after a step for
-    which ``model.balancer.stats`` holds a record (requested or not), it logs through the
-    visualizer at that step (``vis_data/scalars.json``, TensorBoard; rank 0 only, by mmengine):
+    The balancer measures every ``model.balancer.measure_interval`` iterations (one number, set
+    on the balancer, which the escalation decides on too); after each measurement step it logs
+    through the visualizer at that step (``vis_data/scalars.json``, TensorBoard; rank 0 only, by
+    mmengine):
 
     - ``diag/<group>/grad_norm/<task>``: the task's gradient norm before its loss weight, and
       ``diag/<group>/weighted_grad_norm/<task>`` after it;
@@ -55,14 +56,9 @@ class GradientDiagnosticsHook(Hook):
 
     priority = "LOW"  # before CheckpointHook (VERY_LOW): a checkpoint holds its step's window
 
-    def __init__(
-        self, *, interval: int = 50, collapse_window: int = 10, collapse_tolerance: float = 0.01
-    ) -> None:
-        if interval < 1:
-            raise ValueError(f"interval must be at least 1, got {interval}")
+    def __init__(self, *, collapse_window: int = 10, collapse_tolerance: float = 0.01) -> None:
         if collapse_window < 2:
             raise ValueError(f"collapse_window must be at least 2, got {collapse_window}")
-        self.interval = interval
         self.collapse_window = collapse_window
         self.collapse_tolerance = collapse_tolerance
         self._first_loss: dict[str, float] = {}
@@ -75,9 +71,13 @@ class GradientDiagnosticsHook(Hook):
     def _model(runner) -> nn.Module:
         return runner.model.module if is_model_wrapper(runner.model) else runner.model
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        if (runner.iter + 1) % self.interval == 0:
-            self._model(runner).balancer.measure_next_step = True
+    def before_train(self, runner) -> None:
+        if self._model(runner).balancer.measure_interval is None:
+            raise ValueError(
+                "GradientDiagnosticsHook logs the balancer's gradient measurements, but "
+                "model.balancer.measure_interval is not set: set it (e.g. 50) or remove the "
+                "hook from custom_hooks"
+            )
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         model = self._model(runner)
@@ -91,8 +91,8 @@ class GradientDiagnosticsHook(Hook):
         if stats is None or stats.iter != runner.iter:
             return
         model.balancer.stats = None
-        if (runner.iter + 1) % self.interval != 0:  # surgery measures at every step: keep the
-            return  # loss windows and the collapse check on this hook's own interval
+        if not model.balancer.measures_at(stats.iter):  # surgery measures at every step: keep
+            return  # the loss windows and the collapse check on the measurement interval
         scalars: dict[str, float] = {}
         summary = []
         for name, group in stats.groups.items():

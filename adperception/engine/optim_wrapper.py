@@ -1,12 +1,16 @@
-"""An optim wrapper that skips steps whose loss is not finite and stops a run that keeps failing."""
+"""The optimizer step of every kind of training step: an optim wrapper that skips steps whose loss
+is not finite and stops a run that keeps failing, and the constructor that keeps the balancer's
+own parameters out of weight decay and gradient clipping."""
 
 from __future__ import annotations
 
 import torch
 from mmengine.logging import MessageHub
-from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.optim import AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper
+from mmengine.registry import OPTIMIZERS
+from torch import nn
 
-from adperception.registry import OPTIM_WRAPPERS
+from adperception.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 
 
 class NonFiniteLossError(RuntimeError):
@@ -15,10 +19,20 @@ class NonFiniteLossError(RuntimeError):
 
 @OPTIM_WRAPPERS.register_module()
 class MTLOptimWrapper(OptimWrapper):
-    """``OptimWrapper`` whose ``update_params`` skips a step with a non-finite loss.
+    """``OptimWrapper`` with one path for every kind of training step, which skips a step whose
+    loss is not finite and stops a run that keeps failing.
 
-    The model's ``parse_losses`` names the task at fault and agrees across ranks, so every rank
-    skips the same steps. ``skipped_steps`` and the message hub's ``nonfinite/steps`` count them.
+    - ``update_params(loss)``: the weighted step (backward, then ``apply_gradients``); a
+      non-finite ``loss`` is a ``skip_step``.
+    - ``apply_gradients()``: the step of gradients already in ``.grad`` (the balancer's per-task
+      and amortised steps set them itself): optimizer step, zero grad, and the count of
+      consecutive failures reset.
+    - ``skip_step()``: nothing is applied; counted in ``skipped_steps`` and the message hub's
+      ``nonfinite/steps``; ``NonFiniteLossError`` after ``max_consecutive_nonfinite`` in a row.
+
+    The balancer agrees across ranks on whether a step is skipped, so every rank takes the same
+    path. ``unclipped_params`` (set by ``MTLOptimWrapperConstructor``: the balancer's own
+    parameters) are left out of gradient clipping.
     """
 
     amp_variant = "MTLAmpOptimWrapper"  # what ``--amp`` switches to
@@ -33,12 +47,23 @@ class MTLOptimWrapper(OptimWrapper):
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.skipped_steps = 0
         self._consecutive = 0
+        self.unclipped_params: frozenset[int] = frozenset()  # ids
 
     def update_params(self, loss: torch.Tensor, **kwargs) -> None:
-        if torch.isfinite(loss).all():
-            self._consecutive = 0
-            super().update_params(loss, **kwargs)
+        if not bool(torch.isfinite(loss).all()):
+            self.skip_step()
             return
+        super().update_params(loss, **kwargs)
+        self._consecutive = 0
+
+    def apply_gradients(self) -> None:
+        """Step on the gradients in ``.grad``, then zero them."""
+        self.step()
+        self.zero_grad()
+        self._consecutive = 0
+
+    def skip_step(self) -> None:
+        """Apply nothing this step; count it, and stop a run that keeps failing."""
         self.zero_grad()
         self.skipped_steps += 1
         self._consecutive += 1
@@ -50,6 +75,21 @@ class MTLOptimWrapper(OptimWrapper):
                 "name the tasks); stopping. Lower the learning rate, check the data with "
                 "tools/check_dataset.py, or raise optim_wrapper.max_consecutive_nonfinite."
             )
+
+    def _clip_grad(self) -> None:
+        if not self.unclipped_params:
+            super()._clip_grad()
+            return
+        params = [
+            p
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+            if id(p) not in self.unclipped_params and p.requires_grad and p.grad is not None
+        ]
+        if params:
+            grad = self.clip_func(params, **self.clip_grad_kwargs)
+            if grad is not None:  # clip_grad_value_ returns None
+                self.message_hub.update_scalar(f"train/{self.grad_name}", float(grad))
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -94,3 +134,64 @@ class MTLAmpOptimWrapper(MTLOptimWrapper, AmpOptimWrapper):
             raise TypeError(f"loss_scale must be 'dynamic', a float or a dict, got {loss_scale!r}")
         self.loss_scaler = torch.amp.GradScaler("cpu", **scaler_kwargs)
         self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class MTLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's constructor, with the model's balancer parameters (uncertainty weighting's
+    log-variances, GradNorm's weights) free of weight decay and left out of gradient clipping:
+    decay would pull every log-variance towards weight ½ and clipping would let the network's
+    gradient norm throttle them. Without a ``paramwise_cfg`` they form a second parameter group
+    with ``weight_decay=0``; with one, ``custom_keys['balancer.']`` gets ``decay_mult=0``.
+
+    It also refuses ``accumulative_counts > 1`` with a balancer that sets gradients itself
+    (surgery, measurement steps): those steps take each micro-batch's per-task gradients alone,
+    so accumulating micro-batches would silently mix exact and partial updates.
+    """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
+        paramwise_cfg = dict(paramwise_cfg or {})
+        if paramwise_cfg and optim_wrapper_cfg["optimizer"].get("weight_decay") is not None:
+            custom_keys = dict(paramwise_cfg.get("custom_keys", {}))
+            custom_keys.setdefault("balancer.", dict(decay_mult=0.0))
+            paramwise_cfg["custom_keys"] = custom_keys
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        module = model.module if hasattr(model, "module") else model
+        balancer = getattr(module, "balancer", None)
+        own = [] if balancer is None else [p for p in balancer.parameters() if p.requires_grad]
+        self._check_accumulation(balancer)
+        if own and not self.paramwise_cfg:
+            optim_wrapper = self._two_groups(module, own)
+        else:
+            optim_wrapper = super().__call__(model)
+        if balancer is not None and not isinstance(optim_wrapper, MTLOptimWrapper):
+            raise TypeError(
+                f"optim_wrapper.type is {type(optim_wrapper).__name__}; a model with a balancer "
+                "needs MTLOptimWrapper or MTLAmpOptimWrapper (the step of per-task gradients "
+                "and of skipped steps)"
+            )
+        optim_wrapper.unclipped_params = frozenset(id(p) for p in own)
+        return optim_wrapper
+
+    def _check_accumulation(self, balancer: nn.Module | None) -> None:
+        counts = self.optim_wrapper_cfg.get("accumulative_counts", 1)
+        if counts > 1 and getattr(balancer, "takes_manual_steps", False):
+            raise ValueError(
+                f"optim_wrapper.accumulative_counts={counts} cannot be combined with "
+                f"model.balancer {type(balancer).__name__}: its surgery and measurement steps "
+                "set each micro-batch's gradients themselves, so micro-batches would not "
+                "accumulate. Use a larger batch (or more GPUs) instead, or a plain weighting "
+                "without measure_interval."
+            )
+
+    def _two_groups(self, module: nn.Module, own: list[nn.Parameter]) -> OptimWrapper:
+        ids = {id(p) for p in own}
+        others = [p for p in module.parameters() if id(p) not in ids]
+        optimizer_cfg = dict(self.optimizer_cfg)
+        optimizer_cfg["params"] = [dict(params=others), dict(params=own, weight_decay=0.0)]
+        optimizer = OPTIMIZERS.build(optimizer_cfg)
+        wrapper_cfg = dict(self.optim_wrapper_cfg)
+        wrapper_cfg.setdefault("type", "OptimWrapper")
+        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args=dict(optimizer=optimizer))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from mmengine.model import BaseModel
-from torch import Tensor
+from torch import Tensor, nn
 
 from adperception.balancing import GradientBalancer, build_balancer
 
@@ -32,33 +34,58 @@ class MultiTaskBaseModel(BaseModel):
 
     def train_step(self, data, optim_wrapper, ddp=None) -> dict[str, Tensor]:
         model = self if ddp is None else ddp
-        per_task = self.balancer.needs_task_gradients(self)
-        sync = ddp.no_sync() if ddp is not None and per_task else nullcontext()
+        kind = self.balancer.plan(self)
+        sync = ddp.no_sync() if ddp is not None and kind != "weighted" else nullcontext()
         with sync:
             with optim_wrapper.optim_context(model):
                 data = self.data_preprocessor(data, True)
                 losses = model._run_forward(data, mode="loss")
-            _, log_vars = self.parse_losses(losses)
-            log_vars.update(self.balancer.train_step(self, losses, optim_wrapper, per_task))
+            log_vars = self.balancer.train_step(self, losses, optim_wrapper, kind)
+        log_vars.update(self.loss_log_vars(losses))
         return {k: v.detach() if isinstance(v, Tensor) else v for k, v in log_vars.items()}
+
+    def loss_log_vars(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What the log shows of the losses, as mmengine's ``parse_losses``: every entry's mean,
+        and ``loss``, the sum of the entries named ``loss*``. A non-finite entry is left out
+        (the balancer names it and skips that step on every rank), and so is ``loss`` then, so
+        that one bad step does not poison the logged averages."""
+        entries = {name: value.detach().mean() for name, value in losses.items()}
+        finite = {name: value for name, value in entries.items() if bool(torch.isfinite(value))}
+        if len(finite) == len(entries):
+            finite["loss"] = sum(v for name, v in entries.items() if "loss" in name)
+        return finite
 
     def parameter_tasks(self) -> dict[str, frozenset[str]]:
         """Every parameter's name → the tasks whose loss depends on it.
 
         Traced, not declared: one loss pass on the subclass's ``probe_batch()``, each task's
         loss differentiated with respect to every trainable parameter; a parameter belongs to a
-        task when it is in that loss's autograd graph. Run in eval mode under a forked RNG, so
-        tracing at any step leaves running statistics and random streams untouched.
+        task when it is in that loss's autograd graph. Traced in training mode, which is what
+        the balancer steps through (DINO's denoising queries and encoder proposals run only
+        there), with the modules that drop at random (dropout, stochastic depth) in eval mode,
+        so that no path is cut by chance. Every random stream is forked and every buffer
+        (running statistics) restored afterwards, so tracing at any step changes neither.
         """
         if self._parameter_tasks is None:
             devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
             was_training = self.training
+            buffers = [(b, b.detach().clone()) for b in self.buffers()]
+            # the legacy global streams, which data pipelines and mmdet draw from
+            python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
             with torch.random.fork_rng(devices=devices):
-                self.eval()
                 try:
+                    self.train()
+                    for module in self.modules():
+                        if _drops_at_random(module):
+                            module.eval()
                     self._parameter_tasks = self._trace_parameter_tasks()
                 finally:
                     self.train(was_training)
+                    with torch.no_grad():
+                        for buffer, saved in buffers:
+                            buffer.copy_(saved)
+                    random.setstate(python_state)
+                    np.random.set_state(numpy_state)  # noqa: NPY002
         return self._parameter_tasks
 
     def probe_batch(self) -> tuple[Tensor, list]:
@@ -82,3 +109,11 @@ class MultiTaskBaseModel(BaseModel):
     def frozen_parameter_tasks(self) -> dict[str, set[str]]:
         """Task sets of frozen parameters, which tracing cannot see; none by default."""
         return {}
+
+
+def _drops_at_random(module: nn.Module) -> bool:
+    """Dropout of any kind, and stochastic depth / drop-block (timm's, mmcv's)."""
+    return isinstance(module, nn.modules.dropout._DropoutNd) or type(module).__name__ in (
+        "DropPath",
+        "DropBlock2d",
+    )

@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
-from mmengine.logging import MessageHub, MMLogger, print_log
+from mmengine.logging import MMLogger, print_log
 from mmengine.model import ModuleDict
 from mmengine.structures import InstanceData, PixelData
 from torch import Tensor, nn
@@ -126,35 +125,6 @@ class MultiTaskModel(MultiTaskBaseModel):
     ) -> dict[str, Tensor | tuple[Tensor, ...]]:
         feats = self.extract_feat(inputs)
         return {task: head(feats[self.task_groups[task]]) for task, head in self.heads.items()}
-
-    def parse_losses(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """mmengine's sum of ``loss*`` entries, plus a non-finite check per task.
-
-        A task whose loss is NaN or inf on any rank is named in the log and counted in the
-        message hub (``nonfinite/<task>``); its value is left out of the logged averages and the
-        returned total is non-finite, so the optim wrapper skips the step on every rank alike.
-        """
-        finite = torch.stack([torch.isfinite(losses[f"loss_{t}"]).all() for t in self.tasks])
-        if dist.is_available() and dist.is_initialized():
-            finite = finite.to(torch.int32)
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        bad = [task for task, ok in zip(self.tasks, finite.tolist(), strict=True) if not ok]
-        if not bad:
-            return super().parse_losses(losses)
-        hub = MessageHub.get_current_instance()
-        for task in bad:
-            key = f"nonfinite/{task}"
-            hub.update_info(key, hub.get_info(key, 0) + 1)
-        print_log(
-            f"non-finite loss in task(s) {bad} at iteration {hub.get_info('iter', '?')}; "
-            "this step is skipped",
-            logger=MMLogger.get_current_instance(),
-            level=30,
-        )
-        total = sum(losses[f"loss_{t}"] for t in self.tasks)
-        log_vars = {f"loss_{t}": losses[f"loss_{t}"].detach() for t in self.tasks if t not in bad}
-        log_vars.update({f"nonfinite.{t}": torch.tensor(1.0) for t in bad})
-        return total, log_vars
 
     @torch.no_grad()
     def probe_batch(self) -> tuple[Tensor, list[MTLDataSample]]:

@@ -15,9 +15,9 @@ default_hooks = dict(
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
 log_processor = dict(by_epoch=False, window_size=10)
-# Per-task gradient norms, cosines, conflict and oscillation on the shared parameters, every 50
-# steps (on the escalation's measurement steps); tools/analyze_logs.py draws them.
-custom_hooks = [dict(type="GradientDiagnosticsHook", interval=50)]
+# Per-task gradient norms, cosines, conflict and oscillation on the shared parameters, at the
+# balancer's measurement steps (model.balancer.measure_interval); tools/analyze_logs.py draws them.
+custom_hooks = [dict(type="GradientDiagnosticsHook")]
 vis_backends = [dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]
 visualizer = dict(type="Visualizer", vis_backends=vis_backends, name="visualizer")
 log_level = "INFO"

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 
 import pytest
 import torch
-from mmengine.logging import MessageHub
+from mmengine.logging import MessageHub, MMLogger
 from mmengine.optim import OptimWrapper
 
 from adperception.balancing import functional
@@ -113,7 +114,6 @@ def test_exact_surgery_per_sharing_group_with_static_weights(aggregator: str, na
 
 def test_pcgrad_projects_away_the_conflict_in_each_group() -> None:
     model, optim_wrapper = make(dict(type="PCGrad"))
-    model.balancer.measure_next_step = True
     model.train_step(batch(2), optim_wrapper)
     stats = model.balancer.stats
     gram = stats.groups["a+b"].gram
@@ -135,21 +135,64 @@ def test_chunked_task_gradients_give_the_same_update() -> None:
     assert_updates(results[1], results[0])
 
 
-def test_amortised_steps_apply_the_last_surgery_weights_with_one_backward() -> None:
-    model, optim_wrapper = make(dict(type="MGDA", surgery_interval=3))
-    model.balancer.measure_next_step = True
+def imtl_g_by_definition(rows: torch.Tensor) -> torch.Tensor:
+    """IMTL-G's weights from its definition, not from ``functional``: Σ a_j = 1, and the update
+    d = Σ a_j g_j projects equally onto every unit task gradient u_i (d·u_i = d·u_1), a linear
+    system in a."""
+    G = rows.double()
+    projections = G @ (G / G.norm(dim=1, keepdim=True)).T  # [j, i] = g_j · u_i
+    system = torch.stack([projections[:, i] - projections[:, 0] for i in range(1, len(G))])
+    system = torch.cat([system, torch.ones(1, len(G), dtype=torch.float64)])
+    rhs = torch.zeros(len(G), dtype=torch.float64)
+    rhs[-1] = 1.0
+    return torch.linalg.solve(system, rhs)
+
+
+def test_amortised_steps_reuse_each_groups_weights_on_its_shared_parameters_only() -> None:
+    """Between surgery steps each sharing group's parameters get that group's own last weights
+    on the new gradients, and the task-private heads their plain weighted gradient, exactly as
+    on a surgery step."""
+    weights = torch.tensor([1.0, 2.0, 0.5])
+    weighting = dict(type="StaticWeighting", weights=dict(a=1.0, b=2.0, c=0.5))
+    model, optim_wrapper = make(dict(type="IMTLG", weighting=weighting, surgery_interval=3))
+    coefficients: dict[str, torch.Tensor] = {}
+
+    def surgery(group, rows):
+        coefficients[group.name] = imtl_g_by_definition(rows)
+        return coefficients[group.name].to(rows) @ rows
+
+    data = batch(5)
+    expected = reference_update(model, data, weights, surgery)
+    assert_updates(step_and_diff(model, optim_wrapper, data), expected)
+    assert set(coefficients) == {"a+b", "a+b+c"}
+    assert not torch.allclose(coefficients["a+b"], coefficients["a+b+c"][:2].double())
+    for step in (1, 2):
+        assert model.balancer.plan(model) == "amortised"
+        data = batch(5 + step)
+        expected = reference_update(
+            model, data, weights, lambda group, rows: coefficients[group.name].to(rows) @ rows
+        )
+        assert_updates(step_and_diff(model, optim_wrapper, data), expected)
+    assert model.balancer.plan(model) == "task_gradients"
+
+
+def test_amortised_weights_survive_a_checkpoint() -> None:
+    model, optim_wrapper = make(dict(type="MGDA", surgery_interval=4))
     model.train_step(batch(5), optim_wrapper)
-    agg = {name: g.aggregator_weights.double() for name, g in model.balancer.stats.groups.items()}
-    # each task's coefficient: its weight in the largest group it belongs to ({a, b} for a and b)
-    coefficients = torch.tensor(
-        [agg["a+b"][0], agg["a+b"][1], agg["a+b+c"][2]], dtype=torch.float64
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    resumed, resumed_wrapper = make(dict(type="MGDA", surgery_interval=4), seed=1)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert resumed.balancer.plan(resumed) == "amortised"
+    for group in model.balancer.layout(model).groups:
+        a = model.balancer.coefficients_of(group.tasks)
+        assert a is not None
+        torch.testing.assert_close(resumed.balancer.coefficients_of(group.tasks), a)
+    assert_updates(
+        step_and_diff(resumed, resumed_wrapper, batch(6)),
+        step_and_diff(model, optim_wrapper, batch(6)),
     )
-    torch.testing.assert_close(model.balancer.task_coefficients, coefficients)
-    assert not model.balancer.needs_task_gradients(model)
-    data = batch(6)
-    # one backward of Σ c_i w_i L_i (w = 1): per task c_i ∇L_i, summed in every group
-    per_task = reference_update(model, data, coefficients.float(), lambda group, rows: rows.sum(0))
-    assert_updates(step_and_diff(model, optim_wrapper, data), per_task)
 
 
 def test_measurement_step_changes_nothing_for_a_plain_weighting() -> None:
@@ -157,10 +200,11 @@ def test_measurement_step_changes_nothing_for_a_plain_weighting() -> None:
     included (their gradient is -½e^(-s)·L + ½)."""
     updates = []
     for measure in (False, True):
-        model, optim_wrapper = make(dict(type="UncertaintyWeighting", init_log_var=0.3))
+        cfg = dict(type="UncertaintyWeighting", init_log_var=0.3)
+        model, optim_wrapper = make({**cfg, "measure_interval": 1 if measure else None})
         data = batch(7)
         losses = model.loss(data["inputs"], data["data_samples"])
-        model.balancer.measure_next_step = measure
+        assert model.balancer.plan(model) == ("task_gradients" if measure else "weighted")
         updates.append(step_and_diff(model, optim_wrapper, data))
         expected_s = torch.stack(
             [
@@ -173,7 +217,7 @@ def test_measurement_step_changes_nothing_for_a_plain_weighting() -> None:
 
 
 def _escalation_run(conflict: bool, steps: int = 8) -> BranchedRegressor:
-    cfg = dict(type="Escalation", interval=1, threshold=0.4, momentum=0.5, patience=3)
+    cfg = dict(type="Escalation", measure_interval=1, threshold=0.4, momentum=0.5, patience=3)
     model, optim_wrapper = make(cfg)
     if not conflict:
         tie_tasks(model)
@@ -196,12 +240,27 @@ def test_escalation_switches_to_pcgrad_on_conflict_and_survives_a_checkpoint() -
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
-    resumed, _ = make(dict(type="Escalation", interval=1, threshold=0.4, momentum=0.5, patience=3))
+    resumed, _ = make(
+        dict(type="Escalation", measure_interval=1, threshold=0.4, momentum=0.5, patience=3)
+    )
     assert not bool(resumed.balancer.escalated)
     resumed.load_state_dict(state)
     assert bool(resumed.balancer.escalated) and int(resumed.balancer.escalated_at) == 2
     assert resumed.balancer.active_aggregator() == "pcgrad"
-    assert resumed.balancer.needs_task_gradients(resumed)
+    assert resumed.balancer.plan(resumed) == "task_gradients"
+
+
+def test_escalation_resumes_with_another_patience() -> None:
+    """The window of recent conflict rates is cut to the new patience, newest kept."""
+    model = _escalation_run(conflict=True, steps=2)
+    rates = model.balancer.recent_rates.tolist()
+    state = model.state_dict()
+    for patience, expected in ((2, rates[1:]), (5, [0.0, 0.0, *rates])):
+        cfg = dict(type="Escalation", measure_interval=1, momentum=0.5, patience=patience)
+        resumed, _ = make(cfg)
+        resumed.load_state_dict(state)
+        assert resumed.balancer.recent_rates.tolist() == expected
+        assert int(resumed.balancer.measurements) == 2
 
 
 def test_escalation_stays_with_uncertainty_weighting_when_tasks_agree() -> None:
@@ -242,3 +301,38 @@ def test_amp_skips_a_step_whose_task_gradient_overflows_and_counts_the_task() ->
     assert hub.get_info("nonfinite_grad/c", 0) == before_count + 1
     assert hub.get_info("nonfinite_grad/a", 0) == 0
     assert optim_wrapper.loss_scaler.get_scale() == 2.0**15
+
+
+def test_a_failed_nash_mtl_solve_falls_back_visibly_to_equal_weights() -> None:
+    """One Newton iteration cannot solve the conflicting batch's bargaining problem: the step
+    says so (a warning naming the group and iteration, a counter in the log and the message
+    hub) and updates each group with equal weights, the plain weighted gradient."""
+    model, optim_wrapper = make(dict(type="NashMTL", max_iter=1))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        data = batch(11)
+        expected = reference_update(model, data, torch.ones(3), lambda group, rows: rows.sum(0))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        log_vars = model.train_step(data, optim_wrapper)
+    finally:
+        logger.removeHandler(handler)
+    diff = {n: before[n] - p.detach() for n, p in model.named_parameters()}
+    assert_updates(diff, expected)
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any(
+        "nash_mtl failed in sharing group a+b at iteration 1" in w and "equal weights" in w
+        for w in warnings
+    ), warnings
+    assert int(model.balancer.solver_failures) == 2  # both groups
+    assert float(log_vars["solver_failures"]) == 2.0
+    assert MessageHub.get_current_instance().get_info("solver_failures") == 2
+
+
+def test_a_solved_nash_mtl_step_reports_no_failure() -> None:
+    model, optim_wrapper = make(dict(type="NashMTL"))
+    log_vars = model.train_step(batch(11), optim_wrapper)
+    assert "solver_failures" not in log_vars and int(model.balancer.solver_failures) == 0

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from mmengine.optim import OptimWrapper
 
 from adperception.balancing import (
     DWA,
@@ -70,7 +69,7 @@ def test_gradnorm_gradient_is_the_papers_l1_on_weighted_norms() -> None:
     from L(0) of the first step; the weights are T·raw/Σraw."""
     torch.manual_seed(0)
     model = BranchedRegressor(dict(type="GradNorm", alpha=1.5))
-    optim_wrapper = OptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=1.0))
+    optim_wrapper = MTLOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=1.0))
     model.train_step(batch(3), optim_wrapper)  # records L(0)
     weighting = model.balancer.weighting
     reference = copy.deepcopy(model)
@@ -108,8 +107,10 @@ def test_build_balancer_wraps_a_weighting_and_defaults_to_escalation() -> None:
 
 def test_unknown_balancer_arguments_fail_at_build_time() -> None:
     assert build_balancer(dict(type="CAGrad", c=0.2), T2).aggregator_kwargs == dict(c=0.2)
-    with pytest.raises(TypeError, match=r"PCGrad: unknown argument\(s\) \['interval'\]"):
+    with pytest.raises(TypeError, match=r"'pcgrad': unknown argument\(s\) \['interval'\]"):
         build_balancer(dict(type="PCGrad", interval=50), T2)
+    with pytest.raises(ValueError, match=r"model.balancer.type 'PCGard' is not registered.*PCGrad"):
+        build_balancer(dict(type="PCGard"), T2)
     with pytest.raises(TypeError, match="unknown argument"):
         build_balancer(dict(type="Escalation", c=0.4), T2)
 

@@ -33,22 +33,27 @@ WEIGHTS = {"det": 2.0, "seg": 1.0, "depth": 0.5}
 
 
 class Balancer:
-    """The balancer's side of the contract: the flag the hook sets, the record it reads."""
+    """The balancer's side of the contract: its measurement interval, the record it leaves."""
 
-    def __init__(self) -> None:
-        self.measure_next_step = False
+    def __init__(self, measure_interval: int | None) -> None:
+        self.measure_interval = measure_interval
         self.stats: GradientStats | None = None
+
+    def measures_at(self, step: int) -> bool:
+        return (step + 1) % self.measure_interval == 0
 
 
 class Model(nn.Module):
-    def __init__(self, tasks: tuple[str, ...]) -> None:
+    def __init__(self, tasks: tuple[str, ...], measure_interval: int | None) -> None:
         super().__init__()
         self.tasks = tasks
         self.trunk = nn.Linear(2, 2)
-        self.balancer = Balancer()
+        self.balancer = Balancer(measure_interval)
 
 
-def make_runner(tmp_path: Path, tasks: tuple[str, ...] = ("det", "seg", "depth")):
+def make_runner(
+    tmp_path: Path, tasks: tuple[str, ...] = ("det", "seg", "depth"), interval: int | None = 2
+):
     """What the hook reads of a runner; the visualizer and logger are mmengine's own."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     name = f"diag_{uuid.uuid4().hex}"
@@ -56,7 +61,8 @@ def make_runner(tmp_path: Path, tasks: tuple[str, ...] = ("det", "seg", "depth")
         name=name, vis_backends=[dict(type="LocalVisBackend")], save_dir=str(tmp_path)
     )
     logger = MMLogger.get_instance(name, log_file=str(tmp_path / "log.txt"), log_level="INFO")
-    return SimpleNamespace(iter=0, model=Model(tasks), visualizer=visualizer, logger=logger)
+    model = Model(tasks, interval)
+    return SimpleNamespace(iter=0, model=model, visualizer=visualizer, logger=logger)
 
 
 def logged(tmp_path: Path) -> dict[int, dict[str, float]]:
@@ -88,10 +94,8 @@ Record = Callable[[int], GradientStats]
 def run_iter(hook, runner, iteration: int, losses: dict[str, float], record: Record) -> None:
     """One training iteration as the runner and the balancer see it."""
     runner.iter = iteration
-    hook.before_train_iter(runner, batch_idx=iteration)
     balancer = runner.model.balancer
-    if balancer.measure_next_step:
-        balancer.measure_next_step = False
+    if balancer.measures_at(iteration):
         balancer.stats = record(iteration)
     outputs = {f"loss_{task}": torch.tensor(value) for task, value in losses.items()}
     outputs.update({f"weight_{task}": torch.tensor(w) for task, w in WEIGHTS.items()})
@@ -131,13 +135,31 @@ def pair_stats(iteration: int) -> GradientStats:
 
 def test_the_hook_is_registered() -> None:
     with DefaultScope.overwrite_default_scope("adperception"):  # as a config sets it
-        hook = HOOKS.build(dict(type="GradientDiagnosticsHook", interval=5))
-    assert isinstance(hook, GradientDiagnosticsHook) and hook.interval == 5
+        hook = HOOKS.build(dict(type="GradientDiagnosticsHook", collapse_window=5))
+    assert isinstance(hook, GradientDiagnosticsHook) and hook.collapse_window == 5
     assert hook.priority == "LOW"
 
 
-def test_measurements_are_requested_every_interval(tmp_path: Path) -> None:
-    hook, runner = GradientDiagnosticsHook(interval=3), make_runner(tmp_path, ("det", "seg"))
+def test_a_balancer_without_measure_interval_is_refused(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path, interval=None)
+    with pytest.raises(ValueError, match="model.balancer.measure_interval is not set"):
+        GradientDiagnosticsHook().before_train(runner)
+
+
+def test_only_the_balancers_measurements_are_logged(tmp_path: Path) -> None:
+    """A record on every step (surgery measures at every step) is logged at the balancer's
+    measurement interval only."""
+    hook, runner = GradientDiagnosticsHook(), make_runner(tmp_path, ("det", "seg"), interval=3)
+    for iteration in range(6):
+        runner.iter = iteration
+        runner.model.balancer.stats = pair_stats(iteration)
+        hook.after_train_iter(runner, batch_idx=iteration, outputs={})
+        assert runner.model.balancer.stats is None
+    assert sorted(logged(tmp_path)) == [3, 6]
+
+
+def test_measurements_are_logged_every_interval(tmp_path: Path) -> None:
+    hook, runner = GradientDiagnosticsHook(), make_runner(tmp_path, ("det", "seg"), interval=3)
     requested = []
 
     def record(iteration: int) -> GradientStats:
@@ -152,7 +174,7 @@ def test_measurements_are_requested_every_interval(tmp_path: Path) -> None:
 
 
 def test_logged_values(tmp_path: Path) -> None:
-    hook, runner = GradientDiagnosticsHook(interval=2), make_runner(tmp_path)
+    hook, runner = GradientDiagnosticsHook(), make_runner(tmp_path)
     for iteration, losses in enumerate(LOSSES):
         run_iter(hook, runner, iteration, losses, two_measurements)
     scalars = logged(tmp_path)
@@ -208,7 +230,7 @@ def test_logged_values(tmp_path: Path) -> None:
 
 
 def test_non_finite_and_missing_losses_stay_out_of_the_window(tmp_path: Path) -> None:
-    hook, runner = GradientDiagnosticsHook(interval=2), make_runner(tmp_path, ("det", "seg"))
+    hook, runner = GradientDiagnosticsHook(), make_runner(tmp_path, ("det", "seg"))
     for iteration, losses in enumerate(
         [{"det": math.nan, "seg": 1.0}, {"det": 2.0, "seg": 3.0}, {"seg": 1.0}, {"det": 1.0}]
     ):
@@ -219,7 +241,7 @@ def test_non_finite_and_missing_losses_stay_out_of_the_window(tmp_path: Path) ->
 
 
 def test_a_task_with_zero_weight_has_no_raw_norm(tmp_path: Path) -> None:
-    hook, runner = GradientDiagnosticsHook(interval=1), make_runner(tmp_path, ("det", "seg"))
+    hook, runner = GradientDiagnosticsHook(), make_runner(tmp_path, ("det", "seg"), interval=1)
     stats = GradientStats(
         iter=0,
         loss_weights={"det": 1.0, "seg": 0.0},
@@ -233,7 +255,7 @@ def test_a_task_with_zero_weight_has_no_raw_norm(tmp_path: Path) -> None:
 
 
 def test_a_record_of_another_iteration_is_not_logged(tmp_path: Path) -> None:
-    hook, runner = GradientDiagnosticsHook(interval=100), make_runner(tmp_path)
+    hook, runner = GradientDiagnosticsHook(), make_runner(tmp_path, interval=100)
     stale = two_measurements(1)
     runner.model.balancer.stats = stale
     run_iter(hook, runner, 5, LOSSES[0], two_measurements)
@@ -247,8 +269,8 @@ def test_a_record_of_another_iteration_is_not_logged(tmp_path: Path) -> None:
     ids=["det_improves", "all_flat"],
 )
 def test_collapse_warning(tmp_path: Path, det: list[float], warned_at: list[int]) -> None:
-    hook = GradientDiagnosticsHook(interval=1, collapse_window=3, collapse_tolerance=0.01)
-    runner = make_runner(tmp_path, ("det", "seg"))
+    hook = GradientDiagnosticsHook(collapse_window=3, collapse_tolerance=0.01)
+    runner = make_runner(tmp_path, ("det", "seg"), interval=1)
     for iteration, loss in enumerate(det):
         run_iter(hook, runner, iteration, {"det": loss, "seg": 2.0}, pair_stats)
     warnings = log_lines(tmp_path, "WARNING")
@@ -260,7 +282,7 @@ def test_collapse_warning(tmp_path: Path, det: list[float], warned_at: list[int]
 def test_state_survives_a_checkpoint(tmp_path: Path) -> None:
     """Saved mid-window, loaded with ``weights_only=True``: the resumed hook logs what the
     uninterrupted one does (less the sign-flip rate) and ends in the same state."""
-    original = GradientDiagnosticsHook(interval=2, collapse_window=2)
+    original = GradientDiagnosticsHook(collapse_window=2)
     runner = make_runner(tmp_path / "a")
     for iteration, losses in enumerate(LOSSES[:3]):
         run_iter(original, runner, iteration, losses, two_measurements)
@@ -268,7 +290,7 @@ def test_state_survives_a_checkpoint(tmp_path: Path) -> None:
     original.before_save_checkpoint(runner, checkpoint)
     torch.save(checkpoint, tmp_path / "ckpt.pth")
     loaded = torch.load(tmp_path / "ckpt.pth", weights_only=True)
-    resumed = GradientDiagnosticsHook(interval=2, collapse_window=2)
+    resumed = GradientDiagnosticsHook(collapse_window=2)
     resumed.after_load_checkpoint(runner, loaded)
     resumed_runner = make_runner(tmp_path / "b")
     for hook, run in ((original, runner), (resumed, resumed_runner)):
@@ -288,7 +310,7 @@ def test_state_survives_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_without_diagnostics_leaves_the_hook_fresh(tmp_path: Path) -> None:
-    hook = GradientDiagnosticsHook(interval=2)
+    hook = GradientDiagnosticsHook()
     hook.after_load_checkpoint(make_runner(tmp_path), {"meta": {}})
     state: dict = {}
     hook.before_save_checkpoint(None, state)
@@ -317,7 +339,7 @@ class Regressions(torch.utils.data.Dataset):
 
 def train(work_dir: Path, max_iters: int, load_from: str | None = None) -> list[dict]:
     runner = MTLRunner(
-        model=BranchedRegressor(dict(type="EqualWeighting")),
+        model=BranchedRegressor(dict(type="EqualWeighting", measure_interval=2)),
         work_dir=str(work_dir),
         experiment_name=f"diag_{uuid.uuid4().hex}",
         train_dataloader=dict(
@@ -328,13 +350,13 @@ def train(work_dir: Path, max_iters: int, load_from: str | None = None) -> list[
             collate_fn=dict(type="default_collate"),
         ),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.05)),
+        optim_wrapper=dict(type="MTLOptimWrapper", optimizer=dict(type="SGD", lr=0.05)),
         default_hooks=dict(
             checkpoint=dict(type="CheckpointHook", interval=4, by_epoch=False),
             logger=dict(type="LoggerHook", interval=1),
         ),
         log_processor=dict(by_epoch=False, window_size=1),  # every iteration's own loss
-        custom_hooks=[dict(type="GradientDiagnosticsHook", interval=2)],
+        custom_hooks=[dict(type="GradientDiagnosticsHook")],
         default_scope="adperception",
         resume=load_from is not None,
         load_from=load_from,

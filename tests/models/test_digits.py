@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from mmengine.dataset import default_collate
-from mmengine.optim import OptimWrapper
 
+from adperception.engine.optim_wrapper import MTLOptimWrapper
 from adperception.registry import DATASETS, MODELS
 
 
@@ -65,7 +65,7 @@ def test_predict_and_tensor_modes(batch: dict) -> None:
 
 def test_pcgrad_training_steps_decrease_both_losses(batch: dict) -> None:
     model = build(balancer=dict(type="PCGrad"))
-    optim_wrapper = OptimWrapper(torch.optim.Adam(model.parameters(), lr=3e-3))
+    optim_wrapper = MTLOptimWrapper(torch.optim.Adam(model.parameters(), lr=3e-3))
     logs = [model.train_step(batch, optim_wrapper) for _ in range(15)]
     assert model.balancer.stats is not None  # the steps did per-task surgery
     for task in ("digit", "parity"):

@@ -22,11 +22,11 @@ model = dict(
     neck=dict(type="mmdet.FPN", out_channels=256, num_outs=4),
     # Uncertainty weighting; every 50 steps the task gradients are measured on the shared
     # parameters, and once the moving average (momentum 0.8) of the worst sharing group's
-    # conflict rate stays above 0.4 for 5 measurements, PCGrad takes over (DESIGN.md §5).
+    # conflict rate stays above 0.4 for 5 measurements, PCGrad takes over (docs/design.md).
     balancer=dict(
         type="Escalation",
         weighting=dict(type="UncertaintyWeighting", init_log_var=0.0),
-        interval=50,
+        measure_interval=50,  # the diagnostics hook logs these measurements
         threshold=0.4,
         momentum=0.8,
         patience=5,

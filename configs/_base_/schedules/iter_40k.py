@@ -1,8 +1,10 @@
 # Cityscapes-scale schedule: 40k iterations × 16 images (8 GPUs × 2) / 2975 images ≈ 215 epochs.
 # AdamW with the backbone at 0.1× the heads' learning rate, linear warm-up, then cosine decay.
 max_iters = 40000
+# The constructor keeps the balancer's own parameters out of weight decay and clipping.
 optim_wrapper = dict(
     type="MTLOptimWrapper",
+    constructor="MTLOptimWrapperConstructor",
     optimizer=dict(type="AdamW", lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(custom_keys={"backbone": dict(lr_mult=0.1)}, norm_decay_mult=0.0),
     clip_grad=dict(max_norm=1.0, norm_type=2),

@@ -1,0 +1,171 @@
+"""Per-task gradients of one step over the model's sharing groups.
+
+The engine under every per-task step: one backward per task through exactly the parameters its
+loss depends on, shared parameters visited in chunks (bounded memory), each chunk's rows
+averaged over ranks in flat buckets and unscaled (AMP) into the group's Gram matrix, the bytes
+held at peak recorded. ``group_update`` is the amortised counterpart: one backward per sharing
+group of its own re-weighted loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from adperception.balancing.distributed import all_reduce_mean_
+from adperception.balancing.layout import SharingGroup, SharingLayout
+
+
+def loss_scaler(optim_wrapper) -> torch.amp.GradScaler | None:
+    scaler = getattr(optim_wrapper, "loss_scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
+class TaskGradients:
+    """Per-task gradients of one step: Gram matrices per sharing group, private gradients.
+
+    The shared parameters are visited in chunks (one chunk when ``chunk_numel`` is None); per
+    chunk, one backward per task through the chunk's parameters it shares (and, with the first
+    chunk, its private ones), the rows averaged over ranks, unscaled into the group's Gram
+    matrix. Unchunked, the rows are kept and the update is ``aᵀ G``; chunked, they are dropped
+    and the update is one more backward of the group's re-weighted loss.
+    """
+
+    def __init__(
+        self,
+        tasks: tuple[str, ...],
+        layout: SharingLayout,
+        chunk_numel: int | None,
+        bucket_numel: int,
+    ) -> None:
+        self.tasks = tasks
+        self.layout = layout
+        self.groups = {g.name: g for g in layout.groups}
+        self.bucket_numel = bucket_numel
+        self.keep_rows = chunk_numel is None
+        entries = [(g, p) for g in layout.groups for p in g.params]
+        self.chunks: list[list[tuple[SharingGroup, nn.Parameter]]] = [[]]
+        size = 0
+        for group, param in entries:
+            if chunk_numel is not None and self.chunks[-1] and size + param.numel() > chunk_numel:
+                self.chunks.append([])
+                size = 0
+            self.chunks[-1].append((group, param))
+            size += param.numel()
+        self.grams = {
+            g.name: torch.zeros(len(g.tasks), len(g.tasks), dtype=torch.float64)
+            for g in layout.groups
+        }
+        self.rows: dict[str, list[Tensor]] = {g.name: [] for g in layout.groups}
+        self.private: dict[nn.Parameter, Tensor] = {}
+        self.finite = torch.ones(len(tasks), dtype=torch.bool)
+        self.peak_bytes = 0
+
+    def compute(self, scaled: list[Tensor], scale: float) -> None:
+        held = 0
+        for c, chunk in enumerate(self.chunks):
+            blocks: dict[str, Tensor] = {}
+            offsets: dict[nn.Parameter, tuple[str, int]] = {}
+            for group in self.layout.groups:
+                params = [p for g, p in chunk if g is group]
+                if not params:
+                    continue
+                offset = 0
+                for param in params:
+                    offsets[param] = (group.name, offset)
+                    offset += param.numel()
+                ref = params[0]
+                blocks[group.name] = torch.zeros(
+                    len(group.tasks), offset, dtype=ref.dtype, device=ref.device
+                )
+            private: list[Tensor] = []
+            for i, task in enumerate(self.tasks):
+                params = [p for g, p in chunk if task in g.tasks]
+                extra = list(self.layout.private[task]) if c == 0 else []
+                if not params and not extra:
+                    continue
+                grads = torch.autograd.grad(
+                    scaled[i], params + extra, retain_graph=True, allow_unused=True
+                )
+                for param, grad in zip(params, grads[: len(params)], strict=True):
+                    if grad is not None:
+                        name, offset = offsets[param]
+                        row = self.groups[name].tasks.index(task)
+                        blocks[name][row, offset : offset + param.numel()] = grad.reshape(-1)
+                for param, grad in zip(extra, grads[len(params) :], strict=True):
+                    self.private[param] = torch.zeros_like(param) if grad is None else grad
+                    private.append(self.private[param])
+            all_reduce_mean_(list(blocks.values()) + private, self.bucket_numel)
+            for name, block in blocks.items():
+                group = self.groups[name]
+                ok = torch.isfinite(block).all(dim=1)
+                for k, task in enumerate(group.tasks):
+                    self.finite[self.tasks.index(task)] &= bool(ok[k])
+                if bool(ok.all()):
+                    unscaled = block.double() / scale
+                    self.grams[name] += (unscaled @ unscaled.T).cpu()
+                size = block.numel() * block.element_size()
+                self.peak_bytes = max(self.peak_bytes, held + size)
+                if self.keep_rows:
+                    self.rows[name].append(block)
+                    held += size
+            if c == 0:
+                for i, task in enumerate(self.tasks):
+                    for param in self.layout.private[task]:
+                        self.finite[i] &= bool(torch.isfinite(self.private[param]).all())
+
+    def apply(self, group: SharingGroup, a: Tensor, scaled: list[Tensor]) -> Tensor:
+        """Set the group's parameters' ``.grad`` to its update; returns the flat update."""
+        params = list(group.params)
+        if self.keep_rows:
+            update = torch.cat([a.to(block) @ block for block in self.rows[group.name]])
+            pieces = update.split([p.numel() for p in params])
+            grads = [piece.view_as(p).clone() for piece, p in zip(pieces, params, strict=True)]
+        else:
+            grads = _group_backward(group, a, self.tasks, scaled)
+            all_reduce_mean_(grads, self.bucket_numel)
+            update = torch.cat([g.reshape(-1) for g in grads])
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        return update
+
+
+def _group_backward(
+    group: SharingGroup, a: Tensor, tasks: tuple[str, ...], scaled: list[Tensor]
+) -> list[Tensor]:
+    """The gradient of ``Σ_k a_k L_k`` over the group's tasks, at the group's parameters."""
+    loss = sum(float(a[k]) * scaled[tasks.index(task)] for k, task in enumerate(group.tasks))
+    found = torch.autograd.grad(loss, group.params, retain_graph=True, allow_unused=True)
+    return [
+        torch.zeros_like(p) if g is None else g for p, g in zip(group.params, found, strict=True)
+    ]
+
+
+def amortised_gradients(
+    scaled: list[Tensor],
+    tasks: tuple[str, ...],
+    layout: SharingLayout,
+    coefficients: dict[str, Tensor],
+    bucket_numel: int,
+) -> dict[nn.Parameter, Tensor]:
+    """The gradients of a step between surgery steps, rank-averaged.
+
+    Each sharing group's parameters get ``Σ_k a_g,k ∇(w_k L_k)`` from one backward of the
+    group's loss re-weighted by its own last aggregator weights ``a_g``, as on a surgery step
+    with those weights; task-private parameters get their plain weighted gradient from one
+    backward of ``Σ_k w_k L_k``, as on a surgery step. ``scaled`` are the weighted (and, under
+    AMP, scaled) task losses in ``tasks`` order.
+    """
+    grads: dict[nn.Parameter, Tensor] = {}
+    for group in layout.groups:
+        found = _group_backward(group, coefficients[group.name], tasks, scaled)
+        grads.update(zip(group.params, found, strict=True))
+    private = [p for task in tasks for p in layout.private[task]]
+    if private:
+        found = torch.autograd.grad(sum(scaled), private, retain_graph=True, allow_unused=True)
+        grads.update(
+            (p, torch.zeros_like(p) if g is None else g)
+            for p, g in zip(private, found, strict=True)
+        )
+    all_reduce_mean_(list(grads.values()), bucket_numel)
+    return grads
