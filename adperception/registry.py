@@ -3,7 +3,7 @@
 (``mmdet.FPN``). Configs set ``default_scope = "adperception"``.
 
 - ``DATASETS``: mmengine ``BaseDataset`` subclasses; ``get_raw_sample(idx)`` returns the decoded
-  sample of the data contract (DESIGN.md §3) and ``__getitem__`` runs the pipeline on it.
+  sample of the data contract (docs/design.md §3) and ``__getitem__`` runs the pipeline on it.
 - ``TRANSFORMS``: callables ``dict -> dict | None`` over that sample; every geometric transform
   keeps all targets (maps, boxes, normals, metric depth) consistent with the image.
 - ``MODELS``: backbones (``forward(x) -> {group: [NCHW maps at strides 4, 8, 16, 32]}``), task

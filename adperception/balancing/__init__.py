@@ -1,4 +1,4 @@
-"""Loss balancing and gradient surgery (docs/design.md, "Balancing").
+"""Loss balancing and gradient surgery (docs/design.md §5).
 
 ``model.balancer=dict(type=...)`` picks a weighting (``EqualWeighting``, ``StaticWeighting``,
 ``UncertaintyWeighting``, ``DWA``, ``GradNorm``, ``TrendWeighting``) or an aggregator

@@ -1,4 +1,4 @@
-"""Datasets of the data contract (DESIGN.md §3), their transforms and the SynthDrive generator.
+"""Datasets of the data contract (docs/design.md §3), their transforms and the SynthDrive generator.
 
 Importing this package registers the datasets and transforms in ``adperception.registry``.
 """

@@ -24,6 +24,8 @@ import os
 import cv2
 import numpy as np
 
+from adperception.errors import UserError
+
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 INSTANCE_IDS_SUFFIX = "_gtFine_instanceIds.png"
@@ -107,7 +109,7 @@ def decode_normals_png(code: np.ndarray) -> np.ndarray:
     return np.where(valid, normals / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError, ValueError):
     """A dataset file is missing, unreadable or inconsistent; the message names the file."""
 
 

@@ -1,4 +1,4 @@
-"""Target-consistent augmentation of the raw multi-task sample (DESIGN.md §3).
+"""Target-consistent augmentation of the raw multi-task sample (docs/design.md §3).
 
 Random parameters come from numpy's global RNG, so mmengine's seeding makes a pipeline
 reproducible; albumentations then applies them as deterministic ops in one ``Compose`` call,

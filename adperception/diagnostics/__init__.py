@@ -1,6 +1,6 @@
-"""Training diagnostics (DESIGN.md §6): what the task gradients on shared parameters say, logged by
-``GradientDiagnosticsHook``. The pictures of those logs are in ``adperception.diagnostics.plots``
-(not imported here: it needs matplotlib, training does not)."""
+"""Training diagnostics (docs/design.md §6): what the task gradients on shared parameters say,
+logged by ``GradientDiagnosticsHook``. The pictures of those logs are in
+``adperception.diagnostics.plots`` (not imported here: it needs matplotlib, training does not)."""
 
 from adperception.diagnostics.gradients import (
     collapsed_tasks,

@@ -1,5 +1,4 @@
-"""The hook that logs what the balancer's gradient measurements say (docs/design.md,
-"Diagnostics")."""
+"""The hook that logs what the balancer's gradient measurements say (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -87,6 +87,7 @@ class MTLRunner(Runner):
 
     #: Set by ``test`` and ``val``: evaluating a checkpoint that does not fit measures noise.
     _loading_for_evaluation = False
+    _resuming = False
 
     def setup_env(self, env_cfg: dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():
@@ -123,6 +124,13 @@ class MTLRunner(Runner):
         self._loading_for_evaluation = True
         return super().val()
 
+    def resume(self, *args, **kwargs) -> None:
+        self._resuming = True
+        try:
+            super().resume(*args, **kwargs)
+        finally:
+            self._resuming = False
+
     def load_checkpoint(
         self,
         filename: str,
@@ -136,13 +144,19 @@ class MTLRunner(Runner):
         compare GPU counts, and a checkpoint that passes the ``weights_only`` allow-list can
         still hold code there. mmengine writes its config as ``meta['cfg']`` and never reads it
         back, so the dropped check only ever ran for foreign checkpoints. Before ``test`` and
-        ``val``, a checkpoint that does not fit the model raises ``CheckpointError``."""
+        ``val``, a checkpoint that does not fit the model raises ``CheckpointError``.
+
+        ``load_from`` for training (fine-tuning, not ``--resume``) starts the balancer and the
+        gradient diagnostics fresh: the checkpoint's step count, escalation, task weights and
+        loss history belong to the run that wrote it, and its iteration count restarts here."""
         checkpoint = read_checkpoint(filename, map_location)
         meta = checkpoint.get("meta")
         if isinstance(meta, dict) and meta.pop("config", None) is not None:
             self.logger.warning(
                 f"{filename}: meta['config'] ignored; text from a checkpoint is never evaluated"
             )
+        if not self._resuming and not self._loading_for_evaluation:
+            self._start_training_state_fresh(filename, checkpoint)
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         if self._loading_for_evaluation:
@@ -156,6 +170,21 @@ class MTLRunner(Runner):
         self._has_loaded = True
         self.logger.info(f"Load checkpoint from {filename}")
         return checkpoint
+
+    def _start_training_state_fresh(self, filename: str, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict", checkpoint)
+        dropped = [key for key in state if re.match(r"^(module\.)?balancer\.", key)]
+        for key in dropped:
+            del state[key]
+        had_diagnostics = checkpoint.pop("diagnostics", None) is not None
+        if dropped or had_diagnostics:
+            self.logger.info(
+                f"load_from {filename}: fine-tuning starts the balancer fresh ({len(dropped)} "
+                "balancer entries of the checkpoint not loaded: step count, escalation, task "
+                "weights"
+                + (", and the gradient diagnostics' loss history" if had_diagnostics else "")
+                + "); use --resume to continue them"
+            )
 
     @master_only
     def save_checkpoint(

@@ -14,27 +14,17 @@ import ast
 import contextlib
 import inspect
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from numbers import Real
 
 from mmengine.config import Config
 
 from adperception.data.datasets.base import TASKS
+from adperception.errors import UserError
 from adperception.registry import BALANCERS, DATASETS, MODELS
 
 #: Head config key -> the dataset metainfo key whose length it must equal, per task.
 CLASS_KEYS = {"det": "det_classes", "seg": "classes"}
-
-
-class UserError(Exception):
-    """A mistake the user can fix: a config key, an input file, a full disk. The message names
-    the key or file and what is wrong; the tools ``report`` it instead of a traceback."""
-
-    def report(self) -> int:
-        """Print the message as ``error: ...`` lines on stderr; return the tools' exit status."""
-        print("\n".join(f"error: {line}" for line in str(self).splitlines()), file=sys.stderr)
-        return 2
 
 
 class ConfigError(UserError, ValueError):

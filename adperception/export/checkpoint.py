@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -97,6 +98,12 @@ def build_meta(cfg: Config, model: MultiTaskModel) -> dict:
             "max_per_img": int(
                 bbox_head.test_cfg.get("max_per_img", model.heads["det"].detector.num_queries)
             ),
+        }
+    if "depth" in model.heads:  # predict clamps to the head's caps; so does inference
+        head = model.heads["depth"]
+        meta["depth"] = {
+            "min_depth": float(head.min_depth),
+            "max_depth": None if math.isinf(head.max_depth) else float(head.max_depth),
         }
     return meta
 

@@ -150,7 +150,11 @@ def postprocess(
     if "depth" in raw:
         # The axes' zooms differ by rounding; depth follows their geometric mean, as in training.
         zoom = math.sqrt(w_scale * h_scale)
-        results["depth"] = (_restore(raw["depth"], prepared)[0] * zoom).numpy()
+        depth = _restore(raw["depth"], prepared)[0] * zoom
+        caps = meta.get("depth")  # the head's [min_depth, max_depth]; older exports have none
+        if caps is not None:
+            depth = depth.clamp(caps["min_depth"], caps["max_depth"])
+        results["depth"] = depth.numpy()
     if "normals" in raw:
         normals = F.normalize(_restore(raw["normals"], prepared), dim=0)
         results["normals"] = normals.permute(1, 2, 0).contiguous().numpy()

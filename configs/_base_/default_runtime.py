@@ -5,7 +5,10 @@ runner_type = "MTLRunner"
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="nccl"),  # tools/train.py switches to gloo without CUDA
+    # tools/train.py switches to gloo without CUDA. timeout (s) bounds every collective: a rank
+    # that hangs (rather than dies, which torchrun sees) fails the others after 30 min instead
+    # of never; long enough for rank 0 to write a checkpoint while the others wait.
+    dist_cfg=dict(backend="nccl", timeout=1800),
 )
 default_hooks = dict(
     timer=dict(type="IterTimerHook"),

@@ -78,6 +78,32 @@ def test_test_path_and_inference_give_the_same_metres(
         assert metrics[f"depth/{key}"] == pytest.approx(value, rel=1e-4)
 
 
+def test_inference_clamps_to_the_heads_caps_as_predict_does(
+    quickstart: tuple[Config, torch.nn.Module],
+) -> None:
+    """Caps inside the range the model predicts: both paths clamp the same pixels alike."""
+    cfg, model = quickstart
+    cfg.test_dataloader.dataset.pipeline = [dict(type="PackMTLInputs")]
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    head = model.heads["depth"]
+    data = model.data_preprocessor(pseudo_collate([dataset[0]]), False)
+    with torch.no_grad():
+        free = model(**data, mode="predict")[0].pred_depth.data[0]
+    low, high = (float(q) for q in torch.quantile(free.flatten(), torch.tensor([0.25, 0.75])))
+    saved = head.min_depth, head.max_depth
+    head.min_depth, head.max_depth = low, high
+    try:
+        with torch.no_grad():
+            capped = model(**data, mode="predict")[0].pred_depth.data[0]
+        meta = build_meta(cfg, model)
+        result = inference(InferenceModel(model, meta), dataset.get_raw_sample(0)["img"])
+    finally:
+        head.min_depth, head.max_depth = saved
+    assert meta["depth"] == dict(min_depth=low, max_depth=high)
+    assert float((capped == high).float().mean()) > 0.2  # the caps bite
+    torch.testing.assert_close(torch.from_numpy(result["depth"]), capped, rtol=1e-4, atol=0)
+
+
 def raw_sample(shape: tuple[int, int], depth: float) -> dict:
     """An image of constant true ``depth`` (m) with an invalid row and out-of-range pixels."""
     h, w = shape

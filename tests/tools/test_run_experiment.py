@@ -35,7 +35,7 @@ BALANCER_TYPES = {
 def test_every_balancer_is_compared_and_the_variant_rescales_static_weights() -> None:
     plain = load_methods(Config.fromfile(DIGITS), None)
     assert {b["type"] for b in plain.values()} == BALANCER_TYPES
-    assert plain["pcgrad_k8"] == dict(type="PCGrad", surgery_interval=8)
+    assert plain["pcgrad_k8"] == dict(type="PCGrad", surgery_interval=8, measure_interval=10)
     imbalanced = Config.fromfile(ROOT / "configs/experiments/digits_imbalanced.py")
     assert imbalanced.model.loss_scale == dict(parity=100.0)
     methods = load_methods(imbalanced, None)

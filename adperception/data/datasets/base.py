@@ -1,4 +1,4 @@
-"""What every dataset of the data contract (DESIGN.md §3) shares: the raw-sample hook, the
+"""What every dataset of the data contract (docs/design.md §3) shares: the raw-sample hook, the
 pipeline built from the project's own transform registry, and the file-consistency errors."""
 
 from __future__ import annotations

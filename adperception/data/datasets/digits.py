@@ -33,7 +33,7 @@ class DigitsMTL(BaseDataset):
     """``dataset[i]`` is ``dict(inputs=float32 1×8×8 in [0, 1], data_samples=dict(digit=...,
     parity=...))`` with int64 scalar labels; batch it with ``default_collate``.
 
-    Not an image dataset of the data contract (DESIGN.md §3): it has no files and no pipeline.
+    Not an image dataset of the data contract (docs/design.md §3): it has no files and no pipeline.
 
     Args:
         split: ``'train'`` (1437 images) or ``'test'`` (360), the same for every run.

@@ -1,5 +1,5 @@
 """A timm backbone whose early stages are shared by every task and whose later stages branch into
-one copy per task group, with zero-initialised adapters in the branches (DESIGN.md §4)."""
+one copy per task group, with zero-initialised adapters in the branches (docs/design.md §4)."""
 
 from __future__ import annotations
 

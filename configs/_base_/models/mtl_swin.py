@@ -22,7 +22,7 @@ model = dict(
     neck=dict(type="mmdet.FPN", out_channels=256, num_outs=4),
     # Uncertainty weighting; every 50 steps the task gradients are measured on the shared
     # parameters, and once the moving average (momentum 0.8) of the worst sharing group's
-    # conflict rate stays above 0.4 for 5 measurements, PCGrad takes over (docs/design.md).
+    # conflict rate stays above 0.4 for 5 measurements, PCGrad takes over (docs/design.md §5).
     balancer=dict(
         type="Escalation",
         weighting=dict(type="UncertaintyWeighting", init_log_var=0.0),
