@@ -2,13 +2,11 @@
 logged by ``GradientDiagnosticsHook``. The pictures of those logs are in
 ``adperception.diagnostics.plots`` (not imported here: it needs matplotlib, training does not)."""
 
+from adperception.balancing.stats import conflict_rate, cosine_matrix, task_norms
 from adperception.diagnostics.gradients import (
     collapsed_tasks,
-    conflict_rate,
-    cosine_matrix,
     relative_improvement,
     sign_flip_rate,
-    task_norms,
 )
 from adperception.diagnostics.hooks import GradientDiagnosticsHook
 

@@ -1,6 +1,6 @@
-"""What the task gradients of a sharing group say about the tasks' interplay, computed from their
-Gram matrix (``G Gᵀ``, T × T) alone, so that no T × P gradient matrix has to be kept, and the
-loss-trend test that tells a collapsed task from one that is merely slow."""
+"""What the updates and losses say over time: the sign-flip rate of a sharing group's update
+between measurements, and the loss-trend test that tells a collapsed task from one that is
+merely slow. What one Gram matrix says (norms, cosines, conflict) is in ``balancing.stats``."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
-
-from adperception.balancing.stats import conflict_rate, cosine_matrix, task_norms
-
-__all__ = [
-    "collapsed_tasks",
-    "conflict_rate",
-    "cosine_matrix",
-    "relative_improvement",
-    "sign_flip_rate",
-    "task_norms",
-]
 
 
 def sign_flip_rate(prev_sign: Tensor, sign: Tensor) -> float:

@@ -8,14 +8,14 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
-from adperception.balancing.stats import GradientStats, GroupGradients
-from adperception.diagnostics.gradients import (
-    collapsed_tasks,
+from adperception.balancing.stats import (
+    GradientStats,
+    GroupGradients,
     conflict_rate,
     cosine_matrix,
-    sign_flip_rate,
     task_norms,
 )
+from adperception.diagnostics.gradients import collapsed_tasks, sign_flip_rate
 from adperception.registry import HOOKS
 
 
