@@ -1,0 +1,352 @@
+"""Δm sweeps (``tools/run_delta_m.py``): the same network trained once per task and jointly under
+a list of balancers, at the same budget and data, over seeds; every run tested; one Markdown
+table of each task's primary metrics, Δm against the single-task runs, parameters and seconds
+per iteration.
+
+Δm (Maninis et al. 2019) of a joint model against the single-task ones, in %:
+
+    Δm = (1/T) Σ_k (1/|M_k|) Σ_{m ∈ M_k} (−1)^{l_m} (M_mtl,m − M_stl,m) / M_stl,m · 100
+
+with ``l_m = 1`` where lower is better, so that a positive Δm means the joint model is better
+(the Nash-MTL and FAMO papers print the negative). A sweep is resumable at two levels: a
+finished run leaves ``result.json`` and is not trained again; an unfinished one resumes from its
+last checkpoint, bit for bit.
+
+A sweep config (``configs/experiments/delta_m_*.py``) names the joint config, the budget, the
+seeds, each task's metrics with their direction, and the balancers:
+
+    joint = "configs/quickstart.py"
+    iters = 500
+    seeds = 3
+    metrics = dict(det={"det/mAP_50": +1}, depth={"depth/abs_rel": -1}, ...)
+    methods = dict(EqualWeighting=dict(type="EqualWeighting"), ...)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.model import is_model_wrapper
+from tqdm import tqdm
+
+from adperception.engine.runner import build_runner, setup_runtime
+
+#: The balancer of every single-task run: one task has nothing to balance.
+SINGLE_TASK_BALANCER = dict(type="EqualWeighting")
+RESULT = "result.json"
+
+
+@dataclass
+class RunResult:
+    """One finished run: ``name`` is a task (single-task run) or a method (joint run)."""
+
+    name: str
+    single_task: bool
+    seed: int
+    metrics: dict[str, float]
+    params: int  # trainable parameters, balancer excluded
+    step_s: float  # median seconds per training iteration
+
+
+@dataclass(frozen=True)
+class Sweep:
+    joint: Config
+    iters: int
+    seeds: tuple[int, ...]
+    metrics: dict[str, dict[str, int]]  # task -> {metric key: +1 higher is better, -1 lower}
+    methods: dict[str, dict]  # name -> model.balancer
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Sweep:
+        missing = [
+            key for key in ("joint", "iters", "seeds", "metrics", "methods") if key not in cfg
+        ]
+        if missing:
+            raise ValueError(f"{cfg.filename}: a Δm sweep config needs {missing}")
+        joint = Config.fromfile(cfg.joint)
+        tasks = set(joint.model.heads)
+        if set(cfg.metrics) != tasks:
+            raise ValueError(
+                f"{cfg.filename}: `metrics` names tasks {sorted(cfg.metrics)}, the joint config "
+                f"{cfg.joint} trains {sorted(tasks)}"
+            )
+        for task, table in cfg.metrics.items():
+            bad = {k: v for k, v in table.items() if v not in (1, -1)}
+            if not table or bad:
+                raise ValueError(
+                    f"{cfg.filename}: metrics.{task} must map metric keys to +1 (higher is "
+                    f"better) or -1 (lower is better), got {dict(table)}"
+                )
+        seeds = cfg.seeds
+        seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
+        return cls(
+            joint=joint,
+            iters=int(cfg.iters),
+            seeds=seeds,
+            metrics={t: dict(m) for t, m in cfg.metrics.items()},
+            methods={name: dict(b) for name, b in cfg.methods.items()},
+        )
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.metrics)
+
+    def single_task_config(self, task: str) -> Config:
+        """The joint network with ``task`` alone, as ``configs/single_task/`` builds it: one
+        branch group (no stage copied), that task's head and metric, plain weighting."""
+        cfg = copy.deepcopy(self.joint)
+        cfg.model.heads = {task: cfg.model.heads[task]}
+        cfg.model.backbone.branches = {task: [task]}
+        cfg.model.balancer = dict(SINGLE_TASK_BALANCER)
+        for key in ("val_evaluator", "test_evaluator"):
+            cfg[key] = dict(cfg[key], tasks=(task,))
+        cfg.custom_hooks = [
+            h for h in cfg.get("custom_hooks", []) if h.get("type") != "GradientDiagnosticsHook"
+        ]
+        return cfg
+
+    def joint_config(self, method: str) -> Config:
+        cfg = copy.deepcopy(self.joint)
+        cfg.model.balancer = dict(self.methods[method])
+        if "measure_interval" not in cfg.model.balancer:  # the diagnostics hook's measurements
+            cfg.model.balancer.measure_interval = self.joint.model.balancer.get(
+                "measure_interval", 50
+            )
+        return cfg
+
+    def plan(self) -> list[tuple[str, bool, int]]:
+        """(name, single_task, seed) of every run, single-task runs first."""
+        names = [(t, True) for t in self.tasks] + [(m, False) for m in self.methods]
+        return [(name, single, seed) for seed in self.seeds for name, single in names]
+
+
+def run_dir(root: Path, name: str, single_task: bool, seed: int) -> Path:
+    return root / ("single_task" if single_task else "joint") / name / f"seed{seed}"
+
+
+def train_and_test(cfg: Config, *, iters: int, seed: int, work_dir: Path) -> RunResult:
+    """Train ``cfg`` for ``iters`` iterations with ``seed`` in ``work_dir`` (resuming its last
+    checkpoint if there is one), then test the final weights."""
+    cfg = copy.deepcopy(cfg)
+    cfg.param_scheduler = _rescaled_schedule(
+        cfg.get("param_scheduler"), int(cfg.train_cfg.max_iters), iters
+    )
+    cfg.randomness = dict(seed=seed, deterministic=True)
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = iters + 1  # tested once, after training
+    interval = max(iters // 5, 1)
+    cfg.default_hooks.checkpoint = dict(
+        type="CheckpointHook", by_epoch=False, interval=interval, max_keep_ckpts=1
+    )
+    cfg.log_level = "WARNING"
+    # mmengine's loggers, message hubs and visualizers are global instances found by name
+    cfg.experiment_name = f"dm_{work_dir.parent.name}_{work_dir.name}_{uuid.uuid4().hex[:8]}"
+    cfg.visualizer.name = cfg.experiment_name
+    cfg.work_dir = str(work_dir)
+    cfg.resume = (work_dir / "last_checkpoint").exists()
+    cfg.load_from = None
+    runner = build_runner(cfg)
+    for handler in runner.logger.handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+    try:
+        runner.train()
+        metrics = {key: float(value) for key, value in runner.test().items()}
+    finally:
+        for handler in list(runner.logger.handlers):
+            handler.close()
+            runner.logger.removeHandler(handler)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    params = sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if p.requires_grad and not name.startswith("balancer.")
+    )
+    times = runner.message_hub.get_scalar("train/time").data[0]
+    return RunResult(
+        name="",
+        single_task=False,
+        seed=seed,
+        metrics=metrics,
+        params=params,
+        step_s=float(np.median(times)),
+    )
+
+
+def _rescaled_schedule(schedule, old_iters: int, new_iters: int):
+    """The config's LR schedule stretched to ``new_iters`` (warm-up and decay in proportion),
+    so a shorter sweep budget still decays its learning rate."""
+    if not schedule:
+        return schedule
+    factor = new_iters / old_iters
+    rescaled = []
+    for step in schedule:
+        step = dict(step)
+        for key in ("begin", "end"):
+            if key in step:
+                step[key] = max(round(step[key] * factor), 0 if key == "begin" else 1)
+        rescaled.append(step)
+    return rescaled
+
+
+def run_sweep(
+    sweep_config: str | os.PathLike,
+    *,
+    work_dir: str | Path,
+    out: str | Path,
+    seeds: Sequence[int] | None = None,
+    methods: Sequence[str] | None = None,
+) -> list[RunResult]:
+    """Every run of the sweep not finished yet in ``work_dir``, then the report ``out`` over all
+    finished ones (a partial sweep gives a partial table, saying what is missing)."""
+    setup_runtime()
+    sweep = Sweep.from_config(Config.fromfile(sweep_config))
+    if seeds is not None:
+        sweep = Sweep(sweep.joint, sweep.iters, tuple(seeds), sweep.metrics, sweep.methods)
+    if methods is not None:
+        unknown = sorted(set(methods) - set(sweep.methods))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; the sweep has {list(sweep.methods)}")
+        table = {name: sweep.methods[name] for name in methods}
+        sweep = Sweep(sweep.joint, sweep.iters, sweep.seeds, sweep.metrics, table)
+    root = Path(work_dir)
+    todo = [run for run in sweep.plan() if not (run_dir(root, *run) / RESULT).exists()]
+    print(
+        f"Δm sweep: {len(sweep.plan()) - len(todo)} of {len(sweep.plan())} runs done, "
+        f"{len(todo)} to go (work dir {root})",
+        flush=True,
+    )
+    with tqdm(todo, unit="run", dynamic_ncols=True) as progress:
+        for name, single, seed in progress:
+            kind = "single-task" if single else "joint"
+            progress.set_postfix_str(f"{kind} {name} seed {seed}")
+            cfg = sweep.single_task_config(name) if single else sweep.joint_config(name)
+            directory = run_dir(root, name, single, seed)
+            start = time.perf_counter()
+            result = train_and_test(cfg, iters=sweep.iters, seed=seed, work_dir=directory)
+            result.name, result.single_task = name, single
+            (directory / RESULT).write_text(json.dumps(asdict(result), indent=2) + "\n")
+            progress.write(
+                f"{kind} {name} seed {seed}: {_short(result.metrics, sweep.metrics)} "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
+    results = load_results(root, sweep)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report(results, sweep, sweep_config=str(sweep_config)))
+    return results
+
+
+def _short(metrics: Mapping[str, float], chosen: Mapping[str, Mapping[str, int]]) -> str:
+    keys = [k for table in chosen.values() for k in table if k in metrics]
+    return ", ".join(f"{k} {metrics[k]:.3g}" for k in keys)
+
+
+def load_results(root: Path, sweep: Sweep) -> list[RunResult]:
+    found = []
+    for name, single, seed in sweep.plan():
+        path = run_dir(root, name, single, seed) / RESULT
+        if path.exists():
+            found.append(RunResult(**json.loads(path.read_text())))
+    return found
+
+
+def delta_m(
+    joint: Mapping[str, float],
+    single: Mapping[str, Mapping[str, float]],
+    metrics: Mapping[str, Mapping[str, int]],
+) -> float:
+    """Δm in % of one joint model's ``joint`` metrics against each task's single-task
+    ``single[task]`` metrics, over the chosen ``metrics`` (task → {key: ±1}); positive is
+    better."""
+    per_task = []
+    for task, table in metrics.items():
+        terms = [
+            sign * (joint[key] - single[task][key]) / single[task][key]
+            for key, sign in table.items()
+        ]
+        per_task.append(sum(terms) / len(terms))
+    return 100.0 * sum(per_task) / len(per_task)
+
+
+def _mean_std(values: Sequence[float], digits: int = 2) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def report(results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str) -> str:
+    """The Markdown table: single-task rows, then one row per method; Δm per seed against that
+    seed's single-task runs, mean ± sample std over the seeds that have all of them."""
+    keys = [(task, key) for task, table in sweep.metrics.items() for key in table]
+    single = {(r.name, r.seed): r for r in results if r.single_task}
+    joint = [r for r in results if not r.single_task]
+    total = len(sweep.plan())
+    arrows = {1: "↑", -1: "↓"}
+    header = ["run", *(f"{key} {arrows[sweep.metrics[t][key]]}" for t, key in keys)]
+    header += ["Δm (%) ↑", "parameters (M)", "s / iter"]
+    joint_cfg = Path(os.path.relpath(sweep.joint.filename)).as_posix()
+    lines = [
+        f"# Δm: {joint_cfg}, {', '.join(sweep.tasks)}",
+        "",
+        f"{len(results)} of {total} runs of `{sweep_config}` ({sweep.iters} iterations each, "
+        f"seeds {', '.join(map(str, sweep.seeds))}), made by `tools/run_delta_m.py` on "
+        f"{os.cpu_count()} CPU cores (torch {torch.__version__}).",
+        "Each cell is the mean ± sample standard deviation over the seeds of the test split. "
+        "Δm (Maninis et al. 2019) averages, over tasks, the relative difference of each chosen "
+        "metric to the single-task run of the same seed, signed so that positive is better "
+        "(↑ higher is better, ↓ lower is better): Δm > 0 means no negative transfer. "
+        "Single-task runs train the same network with one head and one branch, with equal "
+        "weighting; joint runs differ only in `model.balancer`.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for task in sweep.tasks:
+        runs = [r for r in results if r.single_task and r.name == task]
+        cells = [f"single-task {task}"]
+        for t, key in keys:
+            cells.append(_mean_std([r.metrics[key] for r in runs]) if t == task else "")
+        cells += ["0 (reference)" if runs else "–"]
+        cells += [_mean_std([r.params / 1e6 for r in runs], 3), _mean_std([r.step_s for r in runs])]
+        lines.append("| " + " | ".join(cells) + " |")
+    for method in sweep.methods:
+        runs = [r for r in joint if r.name == method]
+        cells = [method]
+        cells += [_mean_std([r.metrics[key] for r in runs]) for _, key in keys]
+        deltas = [
+            delta_m(r.metrics, {t: single[(t, r.seed)].metrics for t in sweep.tasks}, sweep.metrics)
+            for r in runs
+            if all((t, r.seed) in single for t in sweep.tasks)
+        ]
+        cells += [_mean_std(deltas)]
+        cells += [_mean_std([r.params / 1e6 for r in runs], 3), _mean_std([r.step_s for r in runs])]
+        lines.append("| " + " | ".join(cells) + " |")
+    stl_params = sum(
+        statistics.mean(r.params for r in results if r.single_task and r.name == t)
+        for t in sweep.tasks
+        if any(r.single_task and r.name == t for r in results)
+    )
+    lines += ["", f"The single-task networks together: {stl_params / 1e6:.3f} M parameters."]
+    if len(results) < total:
+        missing = [
+            f"{'single-task' if s else 'joint'} {n} seed {k}"
+            for n, s, k in sweep.plan()
+            if not any(r.name == n and r.single_task == s and r.seed == k for r in results)
+        ]
+        lines += ["", f"Not run yet ({len(missing)}): {', '.join(missing)}."]
+    return "\n".join(lines) + "\n"
