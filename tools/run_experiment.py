@@ -4,8 +4,9 @@ per seed, and write a Markdown report with the diagnostics pictures of represent
     python tools/run_experiment.py configs/experiments/digits.py \\
         configs/experiments/digits_imbalanced.py --seeds 5
 
-Runs go to WORK_DIR/<config stem>/<method>/seed<k> (replaced when they exist); pictures next to
-the report, in a folder named after it (docs/experiments/digits/).
+Runs go to WORK_DIR/<config stem>/<method>/seed<k> (replaced when they exist; with --resume,
+a run finished there with the same config is kept); pictures next to the report, in a folder
+named after it (docs/experiments/digits/).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, help="training iterations (default: the config's)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/experiments"))
     parser.add_argument("--out", type=Path, default=Path("docs/experiments/digits.md"))
+    parser.add_argument(
+        "--resume", action="store_true", help="keep runs already finished with the same config"
+    )
     return parser.parse_args(argv)
 
 
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         iters=args.iters,
         work_dir=args.work_dir,
         out=args.out,
+        resume=args.resume,
     )
     print(f"{len(runs)} runs; wrote {args.out}")
 

@@ -9,6 +9,9 @@ their settings (DWA's epoch length, hand-set static weights) depend on its data 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -52,6 +55,7 @@ class Run:
     step_ms: float  # median wall time of a training iteration
     escalated_at: int | None  # Escalation only: the iteration (1-based, as logged) it switched
     work_dir: Path
+    seconds: float  # wall time of training and testing
 
 
 def load_methods(cfg: Config, names: Sequence[str] | None) -> dict[str, dict]:
@@ -74,11 +78,16 @@ def train_and_test(
     seed: int,
     iters: int | None,
     work_dir: Path,
+    resume: bool = False,
 ) -> Run:
     """Trains ``cfg`` with ``balancer`` and ``seed`` in a fresh ``work_dir``, then tests it.
 
     No checkpoints; the run's log file keeps mmengine's warnings (the console gets errors only).
+    The result is kept in ``work_dir/run.json`` with a hash of the run's config (without the
+    ``methods`` table, which may grow meanwhile); ``resume`` returns it instead of training when
+    that hash matches, so a sweep stopped half-way goes on.
     """
+    start = time.perf_counter()
     cfg = copy.deepcopy(cfg)
     cfg.model.balancer = balancer
     cfg.randomness = dict(seed=seed, deterministic=True)
@@ -87,6 +96,13 @@ def train_and_test(
         cfg.train_cfg.val_interval = iters
     cfg.default_hooks.checkpoint = None
     cfg.log_level = "WARNING"
+    settings = {key: value for key, value in cfg.to_dict().items() if key != "methods"}
+    config_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    record = work_dir / "run.json"
+    if resume and record.is_file():
+        saved = json.loads(record.read_text())
+        if saved["config_hash"] == config_hash:
+            return Run(**{**saved["run"], "work_dir": work_dir})
     # mmengine's loggers, message hubs and visualizers are global instances found by name:
     # every run needs its own, or it would log into an earlier run's.
     cfg.experiment_name = f"{variant}_{method}_seed{seed}_{uuid.uuid4().hex[:8]}"
@@ -114,7 +130,7 @@ def train_and_test(
     ]
     balancer = model.balancer
     escalated = isinstance(balancer, Escalation) and bool(balancer.escalated)
-    return Run(
+    run = Run(
         variant=variant,
         method=method,
         seed=seed,
@@ -124,7 +140,13 @@ def train_and_test(
         step_ms=1000 * float(np.median(hub.get_scalar("train/time").data[0])),
         escalated_at=int(balancer.escalated_at) + 1 if escalated else None,
         work_dir=work_dir,
+        seconds=time.perf_counter() - start,
     )
+    saved = {**dataclasses.asdict(run), "work_dir": str(work_dir)}
+    partial = record.with_suffix(".part")  # renamed when complete: a killed write leaves no record
+    partial.write_text(json.dumps(dict(config_hash=config_hash, run=saved), indent=1))
+    partial.replace(record)
+    return run
 
 
 def run_experiment(
@@ -135,8 +157,10 @@ def run_experiment(
     iters: int | None = None,
     work_dir: str | Path = "work_dirs/experiments",
     out: str | Path = "docs/experiments/digits.md",
+    resume: bool = False,
 ) -> list[Run]:
-    """Every config × method × seed (0 … ``seeds``−1), then the report ``out``.
+    """Every config × method × seed (0 … ``seeds``−1), then the report ``out``; ``resume``
+    keeps the finished runs of the same config (``train_and_test``).
 
     Pictures of the first seed's runs of ``PICTURED`` go to ``out`` without its suffix
     (``docs/experiments/digits/<variant>/<method>_seed0/*.png``), linked from the report.
@@ -151,7 +175,6 @@ def run_experiment(
         for seed in range(seeds)
     ]
     runs = []
-    start = time.perf_counter()
     with tqdm(plan, unit="run") as progress:
         for variant, method, balancer, seed in progress:
             progress.set_postfix_str(f"{variant} {method} seed {seed}")
@@ -164,9 +187,10 @@ def run_experiment(
                     seed=seed,
                     iters=iters,
                     work_dir=Path(work_dir) / variant / method / f"seed{seed}",
+                    resume=resume,
                 )
             )
-    elapsed = time.perf_counter() - start
+    elapsed = sum(run.seconds for run in runs)
     pictures = {
         (run.variant, run.method): write_plots(
             read_scalars(find_scalars(run.work_dir)),

@@ -3,6 +3,7 @@
 from adperception.data.datasets.base import TASKS, MTLDataset, build_pipeline
 from adperception.data.datasets.cityscapes import CityscapesMTL
 from adperception.data.datasets.digits import DigitsMTL
+from adperception.data.datasets.mnist import MNISTMTL
 from adperception.data.datasets.nyuv2 import NYUv2MTL
 from adperception.data.datasets.synthdrive import SynthDrive
 
@@ -10,6 +11,7 @@ __all__ = [
     "TASKS",
     "CityscapesMTL",
     "DigitsMTL",
+    "MNISTMTL",
     "MTLDataset",
     "NYUv2MTL",
     "SynthDrive",
