@@ -1,6 +1,10 @@
 """Check every file of a dataset (a root in the Cityscapes or NYUv2 layout, or the datasets of a
 config) and print one line per problem; exit status 1 when there is any.
 
+Frames that decode fine but that no driving camera would see (one instance over half of the
+image, valid depth on under a tenth of it) are printed as ``PATH: warning: ...`` lines; they do
+not change the exit status, since a real dataset may hold a few.
+
     python tools/check_dataset.py configs/_base_/datasets/cityscapes.py
     python tools/check_dataset.py data/synthdrive --splits train val
 """
@@ -12,7 +16,7 @@ import sys
 
 from tqdm import tqdm
 
-from adperception.data.check import check_sample, collect_samples
+from adperception.data.check import check_sample, collect_samples, implausible_view
 from adperception.data.formats import DataFileError
 
 
@@ -26,11 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     except DataFileError as err:
         print(err)
         return 1
+    warnings = []
     for sample in tqdm(samples, desc="checking", unit="sample", file=sys.stderr):
-        problems.extend(check_sample(sample))
+        found = check_sample(sample)
+        problems.extend(found)
+        if not found:  # a broken file is reported once, as a problem
+            warnings.extend(implausible_view(sample))
     for problem in problems:
         print(problem)
-    print(f"checked {len(samples)} sample(s): {len(problems)} problem(s)")
+    for warning in warnings:
+        print(f"{warning.path}: warning: {warning.message}")
+    print(
+        f"checked {len(samples)} sample(s): {len(problems)} problem(s), {len(warnings)} warning(s)"
+    )
     return 1 if problems else 0
 
 

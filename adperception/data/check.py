@@ -4,6 +4,11 @@ The readers stop at a sample's first bad file; the checker reads every file of e
 the same decoding functions, and adds what a reader tolerates but a dataset should not have:
 files without an image, instance ids of classes that have no instances, normals maps without a
 valid pixel, splits without files.
+
+``implausible_view`` adds warnings, not errors, for frames that decode fine but that no driving
+camera would see (one instance filling the view, almost no valid depth): a real dataset may hold
+a few such frames, so they are worth a look but do not fail the check; in a generated one they
+point at the scene sampler.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ from adperception.data.formats import DataFileError
 from adperception.registry import DATASETS
 
 LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+# A car 8 m ahead covers ~7 % of a Cityscapes frame and a bus beside the ego car ~30 %: an
+# instance over half of the image is the camera inside or against it.
+MAX_INSTANCE_SHARE = 0.5
+# Cityscapes' disparity is valid on most pixels except the sky and the ego hood.
+MIN_VALID_DEPTH_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -192,6 +202,52 @@ def check_dataset(source: str, splits: Sequence[str] | None = None) -> list[Prob
     """All problems of a dataset root or of the datasets of an mmengine config."""
     samples, problems = collect_samples(source, splits)
     return problems + [p for sample in samples for p in check_sample(sample)]
+
+
+def largest_instance(instance_ids: np.ndarray) -> tuple[int, float]:
+    """The instanceIds value (>= 1000) with the most pixels and its share of the image; (0, 0.0)
+    without instances. Crowd and stuff regions (< 1000) are no single object and do not count."""
+    values, counts = np.unique(
+        instance_ids[instance_ids >= formats.INSTANCE_OFFSET], return_counts=True
+    )
+    if len(values) == 0:
+        return 0, 0.0
+    k = int(counts.argmax())
+    return int(values[k]), float(counts[k] / instance_ids.size)
+
+
+def implausible_view(sample: SampleFiles) -> list[Problem]:
+    """Warnings naming the image of a Cityscapes-layout frame whose largest instance covers more
+    than ``MAX_INSTANCE_SHARE`` of it, or whose disparity is valid on less than
+    ``MIN_VALID_DEPTH_SHARE``. Call it on a sample without problems (see ``check_sample``)."""
+    if sample.layout != "cityscapes":
+        return []  # indoors, one wall filling the view is an ordinary frame
+    image = sample.files["img_path"]
+    warnings = []
+    if "instance_ids_path" in sample.files:
+        value, share = largest_instance(
+            cityscapes.read_instance_ids(sample.files["instance_ids_path"], None)
+        )
+        if share > MAX_INSTANCE_SHARE:
+            name = id2label[value // formats.INSTANCE_OFFSET].name
+            warnings.append(
+                Problem(
+                    image,
+                    f"implausible view: one {name} (instance {value}) covers {share:.1%} of the "
+                    f"image (more than {MAX_INSTANCE_SHARE:.0%})",
+                )
+            )
+    if "disparity_path" in sample.files:
+        valid = float((cityscapes.read_disparity(sample.files["disparity_path"], None) > 0).mean())
+        if valid < MIN_VALID_DEPTH_SHARE:
+            warnings.append(
+                Problem(
+                    image,
+                    f"implausible view: disparity is valid on {valid:.1%} of the pixels "
+                    f"(less than {MIN_VALID_DEPTH_SHARE:.0%})",
+                )
+            )
+    return warnings
 
 
 def _problem(path: str, err: DataFileError) -> Problem:

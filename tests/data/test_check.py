@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from adperception.data import formats
-from adperception.data.check import Problem, check_dataset, dataset_cfgs
+from adperception.data.check import (
+    Problem,
+    check_dataset,
+    collect_samples,
+    dataset_cfgs,
+    implausible_view,
+)
 from adperception.data.formats import DataFileError
 from tests.data import bad_files, fixtures
 from tests.data.fixtures import H, W
@@ -182,9 +188,45 @@ def test_cli_exit_status_and_output(tmp_path: Path) -> None:
     for line in lines[:-1]:
         path, message = line.split(": ", 1)
         assert planted[path] in message, line
-    assert lines[-1] == f"checked 16 sample(s): {len(planted)} problem(s)"
+    assert lines[-1] == f"checked 16 sample(s): {len(planted)} problem(s), 0 warning(s)"
 
     fixtures.write_cityscapes_tree(tmp_path / "good", split="val")
     result = run_cli(str(tmp_path / "good"), "--splits", "val")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines() == ["checked 2 sample(s): 0 problem(s)"]
+    assert result.stdout.splitlines() == ["checked 2 sample(s): 0 problem(s), 0 warning(s)"]
+
+
+def plant_implausible_views(root: Path) -> dict[str, str]:
+    """A valid tree with a frame filled by one car and a frame almost without valid disparity:
+    image path -> message fragment."""
+    written = fixtures.write_cityscapes_tree(root, split="val", num=4)
+    instance_ids = written[1].instance_ids.copy()
+    instance_ids[:, : W * 3 // 4] = 26003  # the camera against a car
+    formats.write_png(written[1].paths[formats.INSTANCE_IDS_SUFFIX], instance_ids)
+    disparity = np.zeros((H, W), np.uint16)
+    disparity[:2] = 300  # 2 of 32 rows valid
+    formats.write_png(written[2].paths[formats.DISPARITY_SUFFIX], disparity)
+    return {
+        written[1].paths[
+            formats.IMAGE_SUFFIX
+        ]: "one car (instance 26003) covers 75.0% of the image",
+        written[2].paths[formats.IMAGE_SUFFIX]: "disparity is valid on 6.2% of the pixels",
+    }
+
+
+def test_implausible_views_are_warnings_naming_the_frame(tmp_path: Path) -> None:
+    planted = plant_implausible_views(tmp_path)
+    assert check_dataset(str(tmp_path)) == []  # valid files: no error
+    samples, _ = collect_samples(str(tmp_path))
+    warnings = [w for sample in samples for w in implausible_view(sample)]
+    assert sorted(w.path for w in warnings) == sorted(planted)
+    for warning in warnings:
+        assert planted[warning.path] in warning.message, warning
+
+    result = run_cli(str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "checked 4 sample(s): 0 problem(s), 2 warning(s)"
+    for line in lines[:-1]:
+        path, message = line.split(": warning: implausible view: ", 1)
+        assert planted[path] in message, line

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from adperception.data import formats
+from adperception.data.check import MAX_INSTANCE_SHARE, largest_instance
 from adperception.data.formats import INSTANCE_OFFSET
-from adperception.data.synth import Camera, Scene, generate_dataset, generate_sample, render
+from adperception.data.synth import (
+    Camera,
+    Scene,
+    generate_dataset,
+    generate_sample,
+    render,
+    sample_scene,
+)
 from adperception.data.synth.raycast import Box, Sphere
 from adperception.data.synth.scene import LABEL, Ground, SceneObject
 from adperception.data.synth.writer import sample_path, sample_stem
@@ -140,6 +148,29 @@ def test_scenes_contain_cut_and_occluded_instances() -> None:
             )
             occluded += int((solo.instance_ids == iid).sum() > (inst == iid).sum())
     assert cut > 0 and occluded > 0
+
+
+def test_no_solid_reaches_into_the_ego_car_or_its_following_distance() -> None:
+    # The ego car (1.8 m wide, under 2 m tall) from 4 m behind the camera to 5 m ahead: its
+    # bonnet and the shortest gap a driver leaves to the car ahead. Level frame, y down.
+    keep_out = np.array([-0.9, -2.0, -4.0]), np.array([0.9, 0.0, 5.0])
+    for seed in range(200):
+        scene = sample_scene(np.random.default_rng(seed), W, H)
+        camera = scene.camera.origin
+        for obj in scene.objects:
+            corners = obj.solid.corners()
+            lo, hi = corners.min(axis=0), corners.max(axis=0)
+            assert not ((lo < camera) & (camera < hi)).all(), f"seed {seed}: camera in {obj}"
+            assert not ((lo < keep_out[1]) & (hi > keep_out[0])).all(), f"seed {seed}: {obj}"
+
+
+def test_no_instance_covers_most_of_a_generated_frame() -> None:
+    shares = [
+        largest_instance(generate_sample(seed, "train", index, height=H, width=W)[1].instance_ids)
+        for seed in range(3)
+        for index in range(16)
+    ]
+    assert max(share for _, share in shares) < MAX_INSTANCE_SHARE, max(shares, key=lambda s: s[1])
 
 
 def read_tree(root: Path) -> dict[str, bytes]:

@@ -2,6 +2,13 @@
 
 Sizes and spacings are those of European streets (lane 3.0-3.6 m, car 4.2-4.9 m, bus 10-12 m,
 pavement 1.8-4 m) so that Cityscapes-trained intuition about scale carries over.
+
+The camera rides in an ego car, and no solid reaches into that car (1.8 m wide) or into its lane
+nearer than a following distance, or one object would fill the view: the ego car keeps within
+0.1 lane of its lane's centre; other traffic drifts at most 0.2 m and turns at most 0.02 rad,
+which leaves at least 1.1 m between a vehicle in the next lane and the camera; parked cars stand
+on parking strips beyond the outer lanes; tree crowns start above the ego car's roof; the first
+vehicle ahead in the ego lane keeps ``FOLLOWING``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,21 @@ LABEL = {
         "bicycle",
     )
 }
+
+
+# Metres from the camera to the nearest end of the first vehicle ahead in the ego lane. In
+# Cityscapes the lead car is rarely nearer than 6 m (2-3 m beyond the ego car's bonnet): a car
+# there covers ~15 % of the frame; a truck or bus would cover half, so they keep 9 m.
+FOLLOWING = {
+    "car": (6.0, 20.0),
+    "motorcycle": (6.0, 20.0),
+    "truck": (9.0, 24.0),
+    "bus": (9.0, 24.0),
+}
+# Width of a parking strip (m), which holds a 1.9 m car drifting 0.1 m and turned 0.03 rad
+# (1.9 + 2 × 0.1 + 4.9 × 0.03 = 2.25 m), and how often a side of the street has one.
+PARKING_STRIP = (2.3, 2.6)
+PARKING_PROBABILITY = 0.65
 
 
 class Texture(IntEnum):
@@ -169,9 +191,27 @@ class _Builder:
         self.add([Sphere((x, -height - 0.12, z), 0.12)], label, SKIN, instance_id=iid)
 
     def vehicle(self, x: float, z: float, yaw: float, kind: str) -> float:
-        """Places a vehicle centred at (x, z) and returns its length."""
+        """Places a vehicle centred on ``x`` whose nearest end is ``z`` metres ahead of the
+        camera, and returns its length."""
         rng = self.rng
+        if kind == "car":
+            length, width, height = (
+                rng.uniform(4.2, 4.9),
+                rng.uniform(1.7, 1.9),
+                rng.uniform(1.4, 1.6),
+            )
+        elif kind == "truck":
+            length, width, height = (
+                rng.uniform(6.5, 9.0),
+                rng.uniform(2.3, 2.5),
+                rng.uniform(2.9, 3.6),
+            )
+        elif kind == "bus":
+            length, width, height = rng.uniform(10.0, 12.0), 2.55, rng.uniform(3.0, 3.3)
+        else:  # motorcycle
+            length, width, height = 2.0, 0.4, 1.15
         c, s = np.cos(yaw), np.sin(yaw)
+        z += (length * abs(c) + width * abs(s)) / 2  # the centre
 
         def at(dl: float) -> tuple[float, float]:  # a point dl metres along the heading
             return x + s * dl, z + c * dl
@@ -179,11 +219,6 @@ class _Builder:
         iid = self.instance(kind)
         paint = self.colour(PAINTS)
         if kind == "car":
-            length, width, height = (
-                rng.uniform(4.2, 4.9),
-                rng.uniform(1.7, 1.9),
-                rng.uniform(1.4, 1.6),
-            )
             bx, bz = at(0.0)
             cx, cz = at(-0.05 * length)
             body = Box((bx, -0.57, bz), (width / 2, 0.45, length / 2), yaw)
@@ -195,11 +230,6 @@ class _Builder:
             self.add([body], kind, paint, instance_id=iid)
             self.add([cabin], kind, self.colour((0.16, 0.19, 0.22)), instance_id=iid)
         elif kind == "truck":
-            length, width, height = (
-                rng.uniform(6.5, 9.0),
-                rng.uniform(2.3, 2.5),
-                rng.uniform(2.9, 3.6),
-            )
             hx, hz = at(length / 2 - 1.1)
             bx, bz = at(-1.2)
             cab = Box((hx, -1.5, hz), (width / 2, 1.2, 1.1), yaw)
@@ -211,7 +241,6 @@ class _Builder:
             self.add([cab], kind, paint, instance_id=iid)
             self.add([cargo], kind, self.colour(FACADES), instance_id=iid)
         elif kind == "bus":
-            length, width, height = rng.uniform(10.0, 12.0), 2.55, rng.uniform(3.0, 3.3)
             self.add(
                 [
                     Box(
@@ -225,8 +254,18 @@ class _Builder:
                 instance_id=iid,
             )
         else:  # motorcycle with its rider
-            length = 2.0
-            self.add([Box((x, -0.6, z), (0.2, 0.55, 1.0), yaw)], kind, paint, instance_id=iid)
+            self.add(
+                [
+                    Box(
+                        (x, -(0.05 + height) / 2, z),
+                        (width / 2, (height - 0.05) / 2, length / 2),
+                        yaw,
+                    )
+                ],
+                kind,
+                paint,
+                instance_id=iid,
+            )
             self.person(x, z, "rider", base=0.75)
         return length
 
@@ -241,13 +280,19 @@ def sample_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
     lane = rng.uniform(3.0, 3.6)
     lanes = int(rng.choice([2, 3, 4], p=[0.4, 0.4, 0.2]))
     ego_lane = int(rng.integers(lanes))
-    road_left = -(ego_lane + rng.uniform(0.35, 0.65)) * lane
-    road_right = road_left + lanes * lane
+    # The ego car keeps within 0.1 lane of its lane's centre (see the module docstring).
+    travel_left = -(ego_lane + rng.uniform(0.4, 0.6)) * lane
+    travel_right = travel_left + lanes * lane
+    # Parked cars stand on parking strips beyond the outer lanes, never in a lane anyone drives.
+    parking = [
+        rng.uniform(*PARKING_STRIP) if rng.random() < PARKING_PROBABILITY else 0.0 for _ in range(2)
+    ]
+    road_left, road_right = travel_left - parking[0], travel_right + parking[1]
     walk = (rng.uniform(1.8, 4.0), rng.uniform(1.8, 4.0))
     ground = Ground(
         road=(road_left, road_right),
         sidewalk=(road_left - walk[0], road_right + walk[1]),
-        lane_lines=tuple(road_left + k * lane for k in range(1, lanes)),
+        lane_lines=tuple(travel_left + k * lane for k in range(1, lanes)),
     )
 
     for side in (-1, 1):
@@ -262,26 +307,29 @@ def sample_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
             Texture.FACADE,
         )
     # Moving traffic: sequences of vehicles per lane; lanes left of the ego lane may be oncoming.
+    # The ego lane's first vehicle keeps a following distance; in the other lanes they may be
+    # alongside. Drift and heading are bounded so that none leaves its lane.
     kinds, probs = ["car", "truck", "bus", "motorcycle"], [0.78, 0.1, 0.07, 0.05]
     for k in range(lanes):
-        centre = road_left + (k + 0.5) * lane
+        centre = travel_left + (k + 0.5) * lane
         oncoming = k < ego_lane and rng.random() < 0.6
-        z = rng.uniform(7.0, 14.0) if k == ego_lane else rng.uniform(-2.0, 12.0)
+        kind = str(rng.choice(kinds, p=probs))
+        z = rng.uniform(*FOLLOWING[kind]) if k == ego_lane else rng.uniform(-6.0, 10.0)
         while z < 90.0:
+            yaw = (np.pi if oncoming else 0.0) + rng.uniform(-0.02, 0.02)
+            z += b.vehicle(centre + rng.uniform(-0.2, 0.2), z, yaw, kind) + rng.uniform(3.0, 25.0)
             kind = str(rng.choice(kinds, p=probs))
-            yaw = (np.pi if oncoming else 0.0) + rng.normal(0.0, 0.03)
-            length = b.vehicle(centre + rng.normal(0.0, 0.2), z, yaw, kind)
-            z += length + rng.uniform(3.0, 25.0)
-    # Parked cars along the kerbs: the nearest are cut by the image border.
-    for edge, inward in ((road_left, 1), (road_right, -1)):
-        if rng.random() < 0.65:
-            z = rng.uniform(1.0, 6.0)
-            while z < 70.0:
-                z += b.vehicle(edge + inward * 1.05, z, rng.normal(0.0, 0.04), "car") / 2
-                z += rng.uniform(1.0, 12.0)
-    # Cyclists near the right kerb; pedestrians crossing.
+    # Parked cars, the nearest alongside the ego car and cut by the image border.
+    for edge, inward, strip in ((road_left, 1, parking[0]), (road_right, -1, parking[1])):
+        if strip == 0.0:
+            continue
+        z = rng.uniform(-4.0, 6.0)
+        while z < 70.0:
+            x = edge + inward * (strip / 2 + rng.uniform(-0.1, 0.1))
+            z += b.vehicle(x, z, rng.uniform(-0.03, 0.03), "car") + rng.uniform(0.8, 8.0)
+    # Cyclists at the right edge of the traffic lanes; pedestrians crossing.
     for _ in range(int(rng.random() < 0.45) * int(rng.integers(1, 3))):
-        x, z = road_right - rng.uniform(0.6, 1.2), rng.uniform(6.0, 40.0)
+        x, z = travel_right - rng.uniform(0.6, 1.2), rng.uniform(8.0, 40.0)
         iid = b.instance("bicycle")
         b.add([Box((x, -0.5, z), (0.06, 0.5, 0.85))], "bicycle", b.colour(PAINTS), instance_id=iid)
         b.person(x, z, "rider", base=0.8)
@@ -373,10 +421,10 @@ def _street_side(b: _Builder, side: int, ground: Ground) -> None:
 
 def _tree(b: _Builder, x: float, z: float) -> None:
     rng = b.rng
-    trunk, crown = rng.uniform(1.8, 3.2), rng.uniform(1.3, 2.8)
+    trunk, crown = rng.uniform(2.2, 3.4), rng.uniform(1.3, 2.8)
     b.add([Cylinder((x, 0.0, z), 0.14, trunk + crown * 0.5)], "vegetation", BARK)
     b.add(
-        [Sphere((x, -(trunk + crown * 0.8), z), crown)],
+        [Sphere((x, -(trunk + crown), z), crown)],
         "vegetation",
         b.colour(FOLIAGE_GREEN, 0.05),
         Texture.FOLIAGE,
