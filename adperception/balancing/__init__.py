@@ -1,16 +1,25 @@
 """Loss balancing and gradient surgery (docs/design.md §5).
 
 ``model.balancer=dict(type=...)`` picks a weighting (``EqualWeighting``, ``StaticWeighting``,
-``UncertaintyWeighting``, ``DWA``, ``GradNorm``, ``TrendWeighting``) or an aggregator
-(``PCGrad``, ``CAGrad``, ``IMTLG``, ``MGDA``, ``NashMTL``, each with an optional
-``weighting=dict(...)``), or the default ``Escalation``. By concept: ``functional`` holds the
-aggregators as pure functions of the Gram matrix, ``aggregators`` the balancers a config names
-for them, ``weighting`` the loss weightings, ``balancer`` the step driver, ``task_gradients``
-the per-task gradient engine, ``layout`` the sharing groups, ``stats`` what a step measured.
+``UncertaintyWeighting``, ``DWA``, ``GradNorm``, ``TrendWeighting``, ``FAMO``, ``RLW``,
+``LogLossWeighting``) or an aggregator (``PCGrad``, ``CAGrad``, ``IMTLG``, ``MGDA``,
+``NashMTL``, ``FairGrad``, ``AlignedMTL``, each with an optional ``weighting=dict(...)``), or
+the default ``Escalation``. By concept: ``functional`` holds the aggregators as pure functions
+of the Gram matrix, ``aggregators`` the balancers a config names for them, ``weighting`` the
+loss weightings, ``balancer`` the step driver, ``task_gradients`` the per-task gradient engine,
+``layout`` the sharing groups, ``stats`` what a step measured.
 """
 
 from adperception.balancing import functional
-from adperception.balancing.aggregators import IMTLG, MGDA, CAGrad, NashMTL, PCGrad
+from adperception.balancing.aggregators import (
+    IMTLG,
+    MGDA,
+    AlignedMTL,
+    CAGrad,
+    FairGrad,
+    NashMTL,
+    PCGrad,
+)
 from adperception.balancing.balancer import STEP_KINDS, GradientBalancer, build_balancer
 from adperception.balancing.escalation import Escalation
 from adperception.balancing.layout import SharingGroup, SharingLayout, group_name
@@ -18,8 +27,11 @@ from adperception.balancing.reference import PCGradReference
 from adperception.balancing.stats import GradientStats, GroupGradients, conflict_rate
 from adperception.balancing.weighting import (
     DWA,
+    FAMO,
+    RLW,
     EqualWeighting,
     GradNorm,
+    LogLossWeighting,
     StaticWeighting,
     TrendWeighting,
     UncertaintyWeighting,
@@ -27,19 +39,24 @@ from adperception.balancing.weighting import (
 )
 
 __all__ = [
+    "AlignedMTL",
     "CAGrad",
     "DWA",
     "EqualWeighting",
     "Escalation",
+    "FAMO",
+    "FairGrad",
     "GradNorm",
     "GradientBalancer",
     "GradientStats",
     "GroupGradients",
     "IMTLG",
+    "LogLossWeighting",
     "MGDA",
     "NashMTL",
     "PCGrad",
     "PCGradReference",
+    "RLW",
     "STEP_KINDS",
     "SharingGroup",
     "SharingLayout",

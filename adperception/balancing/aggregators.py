@@ -40,3 +40,16 @@ def MGDA(tasks: Sequence[str], **kwargs) -> GradientBalancer:
 def NashMTL(tasks: Sequence[str], **kwargs) -> GradientBalancer:
     """Nash-MTL (Navon et al. 2022): the Nash bargaining solution among the task gradients."""
     return GradientBalancer(tasks, aggregator="nash_mtl", **kwargs)
+
+
+@BALANCERS.register_module()
+def FairGrad(tasks: Sequence[str], **kwargs) -> GradientBalancer:
+    """FairGrad (Ban & Ji 2024): the α-fair update, ``(K w)_i = w_i^(−1/α)``; ``alpha`` (2)."""
+    return GradientBalancer(tasks, aggregator="fairgrad", **kwargs)
+
+
+@BALANCERS.register_module()
+def AlignedMTL(tasks: Sequence[str], **kwargs) -> GradientBalancer:
+    """Aligned-MTL (Senushkin et al. 2023): the task gradients' principal components aligned to
+    one norm, the smallest singular value."""
+    return GradientBalancer(tasks, aggregator="aligned_mtl", **kwargs)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 _EPS = torch.finfo(torch.float64).eps
 _TINY = torch.finfo(torch.float64).tiny
+_EPS32 = torch.finfo(torch.float32).eps
 
 
 class SolverError(RuntimeError):
@@ -210,58 +211,136 @@ def mgda(G: Tensor) -> Tensor:
     return _apply(mgda_weights(gram_matrix(G)), G)
 
 
+def _alpha_fair_weights(
+    gram: Tensor, alpha: float, ridge: float, max_iter: int, method: str
+) -> Tensor:
+    """w > 0 with (K w)_i = w_i^(−1/α) for every task: Nash-MTL at α = 1, FairGrad otherwise.
+
+    The condition is the stationary point of the strictly convex
+    F(w) = ½ wᵀ K w − Σ_i φ(w_i), φ' = w^(−1/α) (φ = log w at α = 1), found by Newton's method
+    with backtracking in float64. It is solved for β = w / w⁰, w⁰_i = ‖g_i‖^(−2α/(α+1)) the
+    solution for orthogonal gradients (so β = 1 starts exactly there); in β the problem reads
+    ½ βᵀ A β − Σ_i A_ii ψ(β_i), A = W⁰ K W⁰, ψ' = β^(−1/α), with the cosine matrix for A at
+    α = 1. ``ridge`` adds ridge·diag(K) to K: it keeps F bounded when 0 is in the hull of the
+    gradients (e.g. g_2 = −g_1, where no solution exists) and perturbs the condition by about
+    ``ridge`` relative otherwise. Zero gradients get weight 0 (w_i would be ∞).
+    """
+    if alpha <= 0:
+        raise ValueError(f"{method}: alpha must be positive, got {alpha}")
+    K = _float64_cpu(gram)
+    if not bool(torch.isfinite(K).all()):
+        raise SolverError(f"{method}: the Gram matrix is not finite")
+    T = K.shape[0]
+    active = _nonzero(K)
+    w = torch.zeros(T, dtype=torch.float64)
+    if not active.any():
+        return w.to(gram)
+    start = K.diagonal()[active].pow(-alpha / (alpha + 1))  # w⁰ = ‖g‖^(−2α/(α+1))
+    A = K[active][:, active] * torch.outer(start, start)
+    d = A.diagonal().clone()
+    A += ridge * torch.diag(d)
+    power = 1 - 1 / alpha
+
+    def objective(b: Tensor) -> Tensor:
+        potential = b.log() if alpha == 1 else b.pow(power) / power
+        return 0.5 * b @ A @ b - d @ potential
+
+    b = torch.ones(len(d), dtype=torch.float64)
+    for _ in range(max_iter):
+        target = d * b.pow(-1 / alpha)
+        grad = A @ b - target
+        residual = float((grad / target).abs().max())  # relative, of the condition
+        hessian = A + torch.diag(d / alpha * b.pow(-1 / alpha - 1))
+        step = -torch.linalg.solve(hessian, grad)
+        decrement = float(-(grad @ step))  # squared Newton decrement λ²
+        t = 1.0
+        while (b + t * step <= 0).any():
+            t *= 0.5
+        if decrement > 1 / 16:  # damped phase; for λ ≤ 1/4 the full step converges quadratically
+            value = objective(b)
+            while objective(b + t * step) > value - t * decrement / 4:
+                t *= 0.5
+        b = b + t * step
+        if not bool(torch.isfinite(b).all()):
+            raise SolverError(f"{method}: Newton's iterate became non-finite")
+        # after this full step the error is O(λ²), at rounding level; the residual keeps a tiny
+        # weight (α large, norms far apart), which hardly moves F, solving its own condition
+        if decrement <= 1e-14 and residual <= 1e-6:
+            break
+    else:
+        raise SolverError(f"{method}: Newton did not converge in {max_iter} iterations")
+    w[active] = start * b
+    return w.to(gram)
+
+
 def nash_mtl_weights(gram: Tensor, ridge: float = 1e-8, max_iter: int = 100) -> Tensor:
     """Nash-MTL (Navon et al. 2022, Eq. 3 / Claim 3.1): α > 0 with α_i (K α)_i = 1 for all i.
 
-    Then d = Σ α_i g_i has d · g_i = 1 / α_i. This is the stationary point of the convex
-    ½ αᵀ K α − Σ log α_i, found by Newton's method with backtracking (float64). It is solved for
-    β_i = α_i ‖g_i‖ on the cosine matrix C = K_ij / (‖g_i‖ ‖g_j‖) plus ridge·I, which is
-    K + ridge·diag(K): the ridge keeps the problem bounded when 0 is in the hull of the gradients
-    (e.g. g_2 = −g_1, where no solution exists) and perturbs each α_i (K α)_i by about ``ridge``
-    relative otherwise. Zero gradients get weight 0 (α_i would be ∞).
+    Then d = Σ α_i g_i has d · g_i = 1 / α_i: the stationary point of the convex
+    ½ αᵀ K α − Σ log α_i, solved as ``_alpha_fair_weights`` at α = 1 (Newton on the cosine
+    matrix; ``ridge`` for the case where 0 is in the hull; zero gradients get weight 0).
 
     Scale: G → sG gives α → α/s and leaves d unchanged, so the step size is set by the learning
     rate alone (there is no ``max_norm`` clipping here; clip outside if wanted).
     """
-    K = _float64_cpu(gram)
-    if not bool(torch.isfinite(K).all()):
-        raise SolverError("Nash-MTL: the Gram matrix is not finite")
-    T = K.shape[0]
-    active = _nonzero(K)
-    alpha = torch.zeros(T, dtype=torch.float64)
-    if not active.any():
-        return alpha.to(gram)
-    norms = K.diagonal()[active].sqrt()
-    C = K[active][:, active] / torch.outer(norms, norms)
-    C += ridge * torch.eye(len(norms), dtype=torch.float64)
-
-    def objective(b: Tensor) -> Tensor:
-        return 0.5 * b @ C @ b - b.log().sum()
-
-    b = torch.ones(len(norms), dtype=torch.float64)  # exact for orthogonal gradients
-    for _ in range(max_iter):
-        grad = C @ b - 1 / b
-        step = -torch.linalg.solve(C + torch.diag(b.pow(-2)), grad)
-        decrement = float(-(grad @ step))  # squared Newton decrement λ²
-        t = 1.0
-        if decrement > 1 / 16:  # damped phase; for λ ≤ 1/4 the full step converges quadratically
-            value = objective(b)
-            while (b + t * step <= 0).any() or objective(b + t * step) > value - t * decrement / 4:
-                t *= 0.5
-        b = b + t * step
-        if not bool(torch.isfinite(b).all()):
-            raise SolverError("Nash-MTL: Newton's iterate became non-finite")
-        if decrement <= 1e-14:  # after this full step the error is O(λ²), at rounding level
-            break
-    else:
-        raise SolverError(f"Nash-MTL: Newton did not converge in {max_iter} iterations")
-    alpha[active] = b / norms
-    return alpha.to(gram)
+    return _alpha_fair_weights(gram, 1.0, ridge, max_iter, "Nash-MTL")
 
 
 def nash_mtl(G: Tensor, ridge: float = 1e-8, max_iter: int = 100) -> Tensor:
     """Nash-MTL update d = Σ α_i g_i (P,), with d · g_i = 1 / α_i."""
     return _apply(nash_mtl_weights(gram_matrix(G), ridge, max_iter), G)
+
+
+def fairgrad_weights(
+    gram: Tensor, alpha: float = 2.0, ridge: float = 1e-8, max_iter: int = 100
+) -> Tensor:
+    """FairGrad (Ban & Ji 2024): the update of the α-fair utility Σ_i (g_i · d)^(1−α) / (1−α).
+
+    d = Σ w_i g_i with (K w)_i = w_i^(−1/α), the paper's condition Gᵀ G w = w^(−1/α), has
+    g_i · d = w_i^(−1/α) and maximises the utility (concave in d) over the ball of its own norm.
+    Solved by ``_alpha_fair_weights``: Newton on a strictly convex potential in float64, with a
+    ridge for the case where 0 is in the hull (the authors solve by least squares). α = 1 is
+    Nash-MTL's proportional fairness (registered as ``NashMTL``), so the default is α = 2
+    (minimum potential delay fairness, as in the authors' QM9 runs); larger α favour the task
+    that gains least, towards max-min fairness. Zero gradients get weight 0. Scale: G → sG
+    gives d → s^((1−α)/(1+α)) d (no ``max_norm`` clipping here).
+    """
+    return _alpha_fair_weights(gram, alpha, ridge, max_iter, "FairGrad")
+
+
+def fairgrad(G: Tensor, alpha: float = 2.0, ridge: float = 1e-8, max_iter: int = 100) -> Tensor:
+    """FairGrad update d = Σ w_i g_i (P,), with g_i · d = w_i^(−1/α)."""
+    return _apply(fairgrad_weights(gram_matrix(G), alpha, ridge, max_iter), G)
+
+
+def aligned_mtl_weights(gram: Tensor) -> Tensor:
+    """Aligned-MTL (Senushkin et al. 2023, Alg. 1): the task gradients made orthogonal and of one
+    norm, the smallest singular value of G, and summed.
+
+    With K = V Λ Vᵀ, the aligned gradients are B G with B = σ V Λ^(−½) Vᵀ: for G = U S Wᵀ (SVD)
+    that is σ U Wᵀ, the matrix of condition number 1 nearest G along its principal components.
+    The update is their sum, 1ᵀ B G, so the weights on the original gradients are B 1; σ is the
+    smallest kept singular value √λ_min, the paper's default scale. Eigenvalues at most
+    T · float32 eps · λ_max (the gradients are float32) are dropped as the authors' code does,
+    so dependent or duplicate gradients align within their span; all zero: zero weights.
+    """
+    K = _float64_cpu(gram)
+    T = K.shape[0]
+    try:
+        lam, V = torch.linalg.eigh(K)
+    except torch.linalg.LinAlgError as error:
+        raise SolverError(f"Aligned-MTL: eigendecomposition failed ({error})") from error
+    keep = lam > T * _EPS32 * lam.max().clamp_min(0)
+    if not keep.any():
+        return torch.zeros(T, dtype=gram.dtype, device=gram.device)
+    lam, V = lam[keep], V[:, keep]
+    B = lam.min().sqrt() * (V / lam.sqrt()) @ V.T
+    return B.sum(1).to(gram)
+
+
+def aligned_mtl(G: Tensor) -> Tensor:
+    """Aligned-MTL update: the sum of the aligned task gradients (P,)."""
+    return _apply(aligned_mtl_weights(gram_matrix(G)), G)
 
 
 AGGREGATORS: dict[str, Callable[..., Tensor]] = {
@@ -270,4 +349,6 @@ AGGREGATORS: dict[str, Callable[..., Tensor]] = {
     "imtl_g": imtl_g_weights,
     "mgda": mgda_weights,
     "nash_mtl": nash_mtl_weights,
+    "fairgrad": fairgrad_weights,
+    "aligned_mtl": aligned_mtl_weights,
 }

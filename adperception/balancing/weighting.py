@@ -9,19 +9,28 @@ checkpoint too and survives resume.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from adperception.balancing.distributed import all_reduce_mean_
 from adperception.registry import BALANCERS
+
+#: ``UncertaintyWeighting``'s forms: the c of ``c·e^(−s)·L + c·s``.
+UNCERTAINTY_FORMS = {"kendall": 0.5, "unit": 1.0}
+#: Added to the losses a weighting takes the log of or divides by (FAMO, LogLossWeighting).
+LOSS_EPS = 1e-8
 
 
 class Weighting(nn.Module):
     """Base class: equal weights, no state.
 
     ``weights(losses)`` is called once per training step with the detached task losses (T,),
-    in the order of ``tasks``; ``objective(...)`` is what trains the weighting's own parameters.
+    in the order of ``tasks``, on every rank at the same steps (a skipped step calls it on
+    none), so it may all-reduce; ``objective(...)`` trains the weighting's own parameters.
     """
 
     #: Whether ``objective`` needs the tasks' gradient norms at the shared parameters.
@@ -86,26 +95,44 @@ class StaticWeighting(Weighting):
 
 @BALANCERS.register_module()
 class UncertaintyWeighting(Weighting):
-    """Kendall, Gal & Cipolla 2018: a learned log-variance ``s_i = log σ_i²`` per task.
+    """Kendall, Gal & Cipolla 2018 (Eq. 7): a learned log-variance ``s_i = log σ_i²`` per task.
 
-    The objective is ``Σ_i ½·exp(−s_i)·L_i + ½·s_i``: a task whose loss stays large gets its
-    variance raised and its weight lowered, and the ``½·s`` term stops every variance from
-    growing without bound. ``init_log_var`` sets ``s`` at step 0 (0 → weights ½).
+    The objective is ``Σ_i c·e^(−s_i)·L_i + c·s_i``: a task whose loss stays large gets its
+    variance raised and its weight lowered, and the ``c·s`` term stops every variance from
+    growing without bound. ``form='kendall'``: c = ½, the paper's Gaussian likelihood;
+    ``form='unit'``: c = 1 (twice that objective). Both are stationary at ``s_i = log L_i``,
+    where the weight is ``c / L_i``. ``init_log_var`` (a number, or a dict per task) sets ``s``
+    at step 0; by default ``s₀ = log c`` (−log 2 for 'kendall', 0 for 'unit'), so that every
+    weight starts at exactly 1 and a short schedule is not run at half the learning rate.
     """
 
-    def __init__(self, tasks: Sequence[str], init_log_var: float | dict[str, float] = 0.0) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        *,
+        form: str = "kendall",
+        init_log_var: float | dict[str, float] | None = None,
+    ) -> None:
         super().__init__(tasks)
+        if form not in UNCERTAINTY_FORMS:
+            raise ValueError(
+                f"UncertaintyWeighting.form must be one of {sorted(UNCERTAINTY_FORMS)}, "
+                f"not {form!r}"
+            )
+        self.form = form
+        self.scale = UNCERTAINTY_FORMS[form]
+        start = math.log(self.scale)  # c·e^(−s₀) = 1
         if isinstance(init_log_var, dict):
-            init = [float(init_log_var.get(t, 0.0)) for t in self.tasks]
+            init = [float(init_log_var.get(t, start)) for t in self.tasks]
         else:
-            init = [float(init_log_var)] * self.num_tasks
+            init = [start if init_log_var is None else float(init_log_var)] * self.num_tasks
         self.log_vars = nn.Parameter(torch.tensor(init))
 
     def weights(self, losses: Tensor) -> Tensor:
-        return 0.5 * torch.exp(-self.log_vars.to(losses))
+        return self.scale * torch.exp(-self.log_vars.to(losses))
 
     def regulariser(self) -> Tensor:
-        return 0.5 * self.log_vars.sum()
+        return self.scale * self.log_vars.sum()
 
 
 @BALANCERS.register_module()
@@ -261,3 +288,109 @@ class GradNorm(Weighting):
         inverse_rate = ratio / ratio.mean()
         target = (norms.detach().mean() * inverse_rate.to(norms) ** self.alpha).detach()
         return (norms - target).abs().sum()
+
+
+def _batch_losses(losses: Tensor, weighting: str) -> Tensor:
+    """The whole batch's task losses plus ε, in float64: averaged over ranks (one all-reduce of
+    T values under DDP), so that N ranks of batch B weight as one process of N·B does."""
+    mean = losses.detach().to(torch.float64).clone()
+    all_reduce_mean_([mean])
+    if bool((mean < 0).any()):
+        raise ValueError(f"{weighting} takes the log of the losses; got negative {mean.tolist()}")
+    return mean + LOSS_EPS
+
+
+@BALANCERS.register_module()
+class FAMO(Weighting):
+    """FAMO (Liu et al. 2023, Alg. 1): an equal rate of decrease of the log losses, from the
+    losses alone (no per-task backward; O(T) extra work per step).
+
+    Logits ξ (0 at start), z = softmax(ξ). Step t trains on ``Σ_i w_i L_i`` with
+    ``w_i = T·c·z_i / L_i``, ``c = (Σ_j z_j / L_j)^(−1)``: the gradient of ``Σ_i z_i log L_i``
+    scaled by T·c, Alg. 1's update (whose weights sum to 1; here to T, as equal weights do).
+    ξ follows the change of the log losses, ``δ_i = log L_i(t−1) − log L_i(t)``:
+    ``ξ ← ξ − β·Adam(J_z(ξ)ᵀ δ + γ ξ)``, ``J_zᵀ δ = z ⊙ (δ − zᵀδ)``, β = ``lr``, γ = ``decay``
+    (Alg. 1 writes a plain gradient step; the authors' code takes it with torch's Adam, betas
+    (0.9, 0.999), eps 1e-8, as here, and their defaults). A task whose log loss falls slower
+    than the others' gains weight.
+
+    The paper evaluates L(t) on step t−1's batch after its update, one more forward; here it is
+    step t's own loss: the update of step t−1 is applied when step t's losses arrive, before
+    step t's weights. Losses are rank-averaged (every rank holds the same ξ) and must not be
+    negative; ε = 1e-8 is added, as in the authors' code. All state is buffers.
+    """
+
+    def __init__(self, tasks: Sequence[str], *, lr: float = 0.025, decay: float = 0.01) -> None:
+        super().__init__(tasks)
+        if lr <= 0 or decay < 0:
+            raise ValueError(f"FAMO needs lr > 0 and decay >= 0, got lr={lr}, decay={decay}")
+        self.lr = lr
+        self.decay = decay
+        t = self.num_tasks
+        self.register_buffer("logits", torch.zeros(t, dtype=torch.float64))
+        self.register_buffer("previous", torch.zeros(t, dtype=torch.float64))  # log L(t−1)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("adam_m", torch.zeros(t, dtype=torch.float64))
+        self.register_buffer("adam_v", torch.zeros(t, dtype=torch.float64))
+
+    def weights(self, losses: Tensor) -> Tensor:
+        batch = _batch_losses(losses, "FAMO").to(self.logits)
+        log_losses = batch.log()
+        if int(self.steps) > 0:
+            self._update_logits(self.previous - log_losses)
+        self.previous.copy_(log_losses)
+        self.steps += 1
+        inverse = torch.softmax(self.logits, dim=0) / batch
+        return (self.num_tasks * inverse / inverse.sum()).to(losses)
+
+    @torch.no_grad()
+    def _update_logits(self, delta: Tensor) -> None:
+        z = torch.softmax(self.logits, dim=0)
+        grad = z * (delta - z @ delta) + self.decay * self.logits
+        self.adam_m.mul_(0.9).add_(0.1 * grad)
+        self.adam_v.mul_(0.999).add_(0.001 * grad**2)
+        n = int(self.steps)  # Adam's step count: 1 at the first update
+        m = self.adam_m / (1 - 0.9**n)
+        v = self.adam_v / (1 - 0.999**n)
+        self.logits.sub_(self.lr * m / (v.sqrt() + 1e-8))
+
+
+@BALANCERS.register_module()
+class RLW(Weighting):
+    """Random loss weighting (Lin et al. 2022): new random weights at every step.
+
+    ``w = T·softmax(z)``, ``z ~ N(0, I)`` drawn anew each step (the paper's softmax sums to 1;
+    here the weights sum to T, as equal weights do). The draws come from NumPy's generator
+    seeded by (``sample_seed``, step), the step count a buffer: every rank draws the same
+    weights and a resumed run continues the same sequence. ``sample_seed``, not ``seed``: a
+    weighting-only ``model.balancer`` hands ``seed`` to the step driver.
+    """
+
+    def __init__(self, tasks: Sequence[str], *, sample_seed: int = 0) -> None:
+        super().__init__(tasks)
+        if sample_seed < 0:
+            raise ValueError(f"RLW.sample_seed must be >= 0, got {sample_seed}")
+        self.sample_seed = sample_seed
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def weights(self, losses: Tensor) -> Tensor:
+        rng = np.random.default_rng((self.sample_seed, int(self.steps)))
+        self.steps += 1
+        z = torch.from_numpy(rng.standard_normal(self.num_tasks))
+        return (self.num_tasks * torch.softmax(z, dim=0)).to(losses)
+
+
+@BALANCERS.register_module()
+class LogLossWeighting(Weighting):
+    """DB-MTL's loss-scale balancing (Lin et al. 2023): train on ``Σ_i log L_i``, not ``Σ_i L_i``.
+
+    As weights, ``w_i = 1 / (L_i + ε)``, detached: ``∇ log(L_i + ε) = ∇L_i / (L_i + ε)``, so each
+    task counts by its relative change, whatever its loss's units (ε = 1e-8 as in DB-MTL's code).
+    This is DB-MTL's first half only; its gradient-magnitude balancing (an EMA of each task's
+    log-loss gradient, each rescaled to the largest norm) needs per-task gradient state and is
+    not here. Losses are rank-averaged, so N ranks of batch B step along ``∇ log`` of the
+    whole batch's losses, as one process of N·B does; they must not be negative.
+    """
+
+    def weights(self, losses: Tensor) -> Tensor:
+        return (1 / _batch_losses(losses, "LogLossWeighting")).to(losses)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,8 @@ def seeded(seed: int = 0) -> torch.Generator:
 
 
 def extra_args(name: str) -> dict:
-    return {"generator": seeded()} if name == "pcgrad" else {}
+    takes_generator = "generator" in inspect.signature(F.AGGREGATORS[name]).parameters
+    return {"generator": seeded()} if takes_generator else {}
 
 
 # ------------------------------------------------------------------ every aggregator
@@ -286,3 +289,112 @@ def test_nash_mtl_zero_and_opposite_gradients() -> None:
     torch.testing.assert_close(alpha[keep] * (K @ alpha[keep]), torch.ones(2).double())
     opposite = torch.stack([G[0], -G[0], G[2]])  # no exact solution: the ridge keeps it finite
     assert torch.isfinite(F.nash_mtl(opposite)).all()
+
+
+# ------------------------------------------------------------------ FairGrad
+
+
+@pytest.mark.parametrize("T, P", SHAPES)
+@pytest.mark.parametrize("alpha", [0.5, 2.0, 5.0])
+def test_fairgrad_solves_the_alpha_fair_condition(T: int, P: int, alpha: float) -> None:
+    """Ban & Ji's condition Gᵀ G w = w^(−1/α), w > 0, with task norms 100 apart."""
+    G = random_gradients(T, P, seed=15) * torch.logspace(-1, 1, T).double()[:, None]
+    K = G @ G.T
+    w = F.fairgrad_weights(K, alpha=alpha)
+    assert (w > 0).all()
+    torch.testing.assert_close(K @ w, w.pow(-1 / alpha), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0, 5.0])
+def test_fairgrad_maximises_the_alpha_fair_utility_on_its_ball(alpha: float) -> None:
+    """d maximises Σ_i (g_i · d)^(1−α) / (1−α) over ‖d‖ = ‖d*‖: no nearby point of that sphere
+    (with every g_i · d > 0) does better."""
+    G = random_gradients(3, 12, seed=16).abs()  # a cone where all g_i · d > 0 nearby
+
+    def utility(d: Tensor) -> Tensor:
+        return ((G @ d).pow(1 - alpha) / (1 - alpha)).sum()
+
+    d = F.fairgrad(G, alpha=alpha)
+    best = utility(d)
+    directions = torch.randn(500, 12, generator=seeded(16), dtype=torch.float64)
+    for u in directions:
+        other = d + 1e-2 * d.norm() * u / u.norm()
+        other = other * d.norm() / other.norm()
+        if (G @ other > 0).all():
+            assert utility(other) <= best + 1e-12 * best.abs()
+
+
+def test_fairgrad_at_alpha_one_is_nash_mtl() -> None:
+    G = random_gradients(4, 30, seed=17)
+    torch.testing.assert_close(
+        F.fairgrad_weights(G @ G.T, alpha=1.0), F.nash_mtl_weights(G @ G.T), rtol=1e-12, atol=0
+    )
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0, 5.0])
+def test_fairgrad_orthogonal_gradients_and_scale(alpha: float) -> None:
+    """Orthogonal g_i: ‖g_i‖² w_i = w_i^(−1/α), so w_i = ‖g_i‖^(−2α/(α+1)); and G → sG scales
+    the update by s^((1−α)/(1+α))."""
+    norms = torch.tensor([0.1, 1.0, 3.0, 20.0], dtype=torch.float64)
+    G = norms[:, None] * torch.eye(4, 9, dtype=torch.float64)
+    expected = norms.pow(-2 * alpha / (alpha + 1))
+    torch.testing.assert_close(
+        F.fairgrad_weights(G @ G.T, alpha=alpha), expected, rtol=1e-6, atol=0
+    )
+    G = random_gradients(3, 20, seed=18)
+    scale = 7.0 ** ((1 - alpha) / (1 + alpha))
+    torch.testing.assert_close(F.fairgrad(7 * G, alpha=alpha), scale * F.fairgrad(G, alpha=alpha))
+
+
+def test_fairgrad_zero_and_opposite_gradients() -> None:
+    G = random_gradients(3, 20, seed=19)
+    G[1] = 0
+    w = F.fairgrad_weights(G @ G.T)
+    assert w[1] == 0
+    keep = [0, 2]
+    K = G[keep] @ G[keep].T
+    torch.testing.assert_close(K @ w[keep], w[keep].pow(-0.5), rtol=1e-6, atol=0)
+    opposite = torch.stack([G[0], -G[0], G[2]])  # no exact solution: the ridge keeps it finite
+    assert torch.isfinite(F.fairgrad(opposite)).all()
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        F.fairgrad_weights(G @ G.T, alpha=0.0)
+
+
+# ------------------------------------------------------------------ Aligned-MTL
+
+
+def aligned_reference(G: Tensor) -> Tensor:
+    """Senushkin et al.'s aligned matrix from the SVD of G itself: G = U S Wᵀ → σ_min U Wᵀ over
+    the singular values that the float32 rank cut keeps; the update is the sum of its rows."""
+    U, S, Wh = torch.linalg.svd(G, full_matrices=False)
+    keep = S.square() > G.shape[0] * torch.finfo(torch.float32).eps * S.max().square()
+    return S[keep].min() * (U[:, keep] @ Wh[keep]).sum(0)
+
+
+@pytest.mark.parametrize("T, P", SHAPES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_aligned_mtl_is_the_svd_alignment(T: int, P: int, seed: int) -> None:
+    G = random_gradients(T, P, seed=seed) * torch.logspace(-1, 1, T).double()[:, None]
+    torch.testing.assert_close(F.aligned_mtl(G), aligned_reference(G), rtol=1e-9, atol=1e-12)
+
+
+def test_aligned_mtl_orthogonal_gradients_are_scaled_to_the_smallest_norm() -> None:
+    norms = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    G = norms[:, None] * torch.eye(3, 5, dtype=torch.float64)
+    torch.testing.assert_close(F.aligned_mtl_weights(G @ G.T), 0.5 / norms)
+
+
+@pytest.mark.parametrize(
+    "G",
+    [
+        torch.randn(6, 4, generator=seeded(20), dtype=torch.float64),  # T > P: K singular
+        torch.tensor([[1.0, 2.0, 0.0], [1.0, 2.0, 0.0], [3.0, -1.0, 1.0]], dtype=torch.float64),
+        torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [3.0, -1.0, 1.0]], dtype=torch.float64),
+    ],
+    ids=["rank_deficient", "duplicate", "zero"],
+)
+def test_aligned_mtl_singular_gradients_align_within_their_span(G: Tensor) -> None:
+    torch.testing.assert_close(F.aligned_mtl(G), aligned_reference(G), rtol=1e-9, atol=1e-12)
+    if not G[1].any():
+        assert F.aligned_mtl_weights(G @ G.T)[1] == 0
+    assert not F.aligned_mtl_weights(torch.zeros(3, 3, dtype=torch.float64)).any()

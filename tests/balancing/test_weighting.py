@@ -10,8 +10,11 @@ import torch
 
 from adperception.balancing import (
     DWA,
+    FAMO,
+    RLW,
     EqualWeighting,
     GradNorm,
+    LogLossWeighting,
     StaticWeighting,
     TrendWeighting,
     UncertaintyWeighting,
@@ -32,12 +35,32 @@ def test_equal_and_static() -> None:
         StaticWeighting(T2, dict(depth=1.0))
 
 
-def test_uncertainty_weighting_is_kendalls_objective() -> None:
-    weighting = UncertaintyWeighting(T2, init_log_var=dict(det=0.5, seg=-1.0))
+@pytest.mark.parametrize(("form", "c"), [("kendall", 0.5), ("unit", 1.0)])
+def test_uncertainty_weighting_is_kendalls_objective(form: str, c: float) -> None:
+    weighting = UncertaintyWeighting(T2, form=form, init_log_var=dict(det=0.5, seg=-1.0))
     losses = torch.tensor([2.0, 3.0])
-    objective = weighting.weights(losses) @ losses + weighting.regulariser()
-    expected = sum(0.5 * math.exp(-s) * x + 0.5 * s for s, x in [(0.5, 2.0), (-1.0, 3.0)])
+    objective = weighting.objective(losses, weighting.weights(losses))
+    expected = sum(c * math.exp(-s) * x + c * s for s, x in [(0.5, 2.0), (-1.0, 3.0)])
     assert math.isclose(float(objective.detach()), expected, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(("form", "c"), [("kendall", 0.5), ("unit", 1.0)])
+def test_uncertainty_weighting_starts_at_weight_one(form: str, c: float) -> None:
+    """Every weight is exactly 1 at step 0 (s₀ = log c), and the gradient of the objective
+    ``c·e^(−s)·L + c·s`` w.r.t. s is the closed form ``−c·e^(−s)·L + c`` = ``c − L`` there."""
+    weighting = UncertaintyWeighting(T2, form=form)
+    losses = torch.tensor([2.5, 0.2])
+    weights = weighting.weights(losses)
+    assert torch.equal(weights.detach(), torch.ones(2))
+    (grad,) = torch.autograd.grad(weighting.objective(losses, weights), weighting.log_vars)
+    torch.testing.assert_close(grad, c - losses)
+    s0 = torch.full((2,), math.log(c))
+    torch.testing.assert_close(grad, -c * torch.exp(-s0) * losses + c)
+    # an explicit init_log_var=0 keeps the paper's old start, weight c
+    old = UncertaintyWeighting(T2, form=form, init_log_var=0.0)
+    assert torch.equal(old.weights(losses).detach(), torch.full((2,), c))
+    with pytest.raises(ValueError, match="form must be one of"):
+        UncertaintyWeighting(T2, form="libmtl")
 
 
 def test_dwa_equal_for_two_epochs_then_softmax_of_loss_ratios() -> None:
@@ -132,3 +155,100 @@ def test_a_skipped_non_finite_step_leaves_the_weighting_state_alone() -> None:
             assert torch.equal(value, state[key]), key
     model.train_step(batch(2), optim_wrapper)
     assert torch.isfinite(model.balancer.weighting.smoothed).all()
+
+
+def famo_reference(sequence: list[torch.Tensor], lr: float, decay: float) -> list[torch.Tensor]:
+    """Alg. 1 of Liu et al. as the authors' code writes it: the weights are T × the gradient of
+    ``Σ_i z_i log L_i / c`` with respect to the losses, c = Σ_j z_j / L_j held constant; ξ
+    takes torch's Adam (weight decay γ) on ``∂(zᵀδ)/∂ξ`` by autograd; L(t) of each step is the
+    next step's loss."""
+    T = len(sequence[0])
+    xi = torch.zeros(T, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([xi], lr=lr, weight_decay=decay)
+    weights, previous = [], None
+    for losses in sequence:
+        losses = losses.double() + 1e-8
+        if previous is not None:
+            delta = previous.log() - losses.log()
+            (xi.grad,) = torch.autograd.grad(torch.softmax(xi, 0), xi, grad_outputs=delta)
+            optimizer.step()
+        previous = losses
+        z = torch.softmax(xi, 0).detach()
+        leaf = losses.clone().requires_grad_(True)
+        c = (z / leaf).sum().detach()
+        (grad,) = torch.autograd.grad((leaf.log() * z / c).sum(), leaf)
+        weights.append(T * grad)
+    return weights
+
+
+def famo_losses(steps: int = 40) -> list[torch.Tensor]:
+    """Three tasks: one falls fast, one slowly, one is flat with noise."""
+    noise = torch.rand(steps, generator=torch.Generator().manual_seed(0))
+    return [
+        torch.tensor([2.0 * 0.9**k, 1.0 * 0.99**k, 0.5 + 0.01 * float(noise[k])])
+        for k in range(steps)
+    ]
+
+
+def test_famo_is_algorithm_one() -> None:
+    sequence = famo_losses()
+    famo = FAMO(TASKS, lr=0.025, decay=0.01)
+    weights = [famo.weights(losses.float()) for losses in sequence]
+    expected = famo_reference(sequence, lr=0.025, decay=0.01)
+    for w, e in zip(weights, expected, strict=True):
+        torch.testing.assert_close(w.double(), e, rtol=1e-6, atol=0)
+    assert all(math.isclose(float(w.sum()), 3.0, rel_tol=1e-6) for w in weights)
+    # the task whose log loss falls slowest gains logit, the fastest loses it
+    assert famo.logits[2] > famo.logits[1] > famo.logits[0]
+
+
+def test_famo_resumes_from_its_state_dict() -> None:
+    sequence = famo_losses(12)
+    famo = FAMO(TASKS)
+    for losses in sequence[:6]:
+        famo.weights(losses)
+    resumed = FAMO(TASKS)
+    resumed.load_state_dict(famo.state_dict())
+    for losses in sequence[6:]:
+        assert torch.equal(resumed.weights(losses), famo.weights(losses))
+    with pytest.raises(ValueError, match="negative"):
+        famo.weights(torch.tensor([1.0, -0.1, 1.0]))
+
+
+def test_rlw_is_a_softmax_of_standard_normals() -> None:
+    """log w_i − mean_j log w_j = z_i − z̄ for z ~ N(0, I): mean 0, variance 1 − 1/T, and
+    independent of the losses; the weights sum to T."""
+    rlw = RLW(TASKS, sample_seed=3)
+    draws = torch.stack([rlw.weights(torch.rand(3)).double() for _ in range(4000)])
+    torch.testing.assert_close(draws.sum(1), torch.full((4000,), 3.0).double())
+    centred = draws.log() - draws.log().mean(1, keepdim=True)
+    assert centred.mean(0).abs().max() < 0.05
+    torch.testing.assert_close(centred.var(0), torch.full((3,), 2 / 3).double(), rtol=0.08, atol=0)
+    assert abs(float(torch.corrcoef(centred.T)[0, 1]) + 0.5) < 0.05  # z_i − z̄ correlate −½
+
+
+def test_rlw_draws_agree_across_instances_and_resume() -> None:
+    """The same sample_seed draws the same weights (what every rank does); a resumed run
+    continues the sequence; another seed draws others."""
+    losses = torch.ones(3)
+    a, b, other = RLW(TASKS), RLW(TASKS), RLW(TASKS, sample_seed=1)
+    first = [a.weights(losses) for _ in range(5)]
+    assert all(torch.equal(x, b.weights(losses)) for x in first)
+    assert not torch.equal(first[0], other.weights(losses))
+    resumed = RLW(TASKS)
+    resumed.load_state_dict(a.state_dict())
+    assert torch.equal(resumed.weights(losses), a.weights(losses))
+    assert not torch.equal(first[-1], a.weights(losses))
+
+
+def test_log_loss_weighting_trains_on_the_log_losses() -> None:
+    """DB-MTL's loss-scale balancing: the weighted loss's gradient is that of Σ_i log L_i."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.randn(5, 3)
+    losses = ((layer(x) - y) ** 2).mean(0) * torch.tensor([1.0, 100.0, 0.01])
+    weighting = LogLossWeighting(TASKS)
+    objective = weighting.weights(losses.detach()) @ losses
+    (weighted,) = torch.autograd.grad(objective, layer.weight, retain_graph=True)
+    (log,) = torch.autograd.grad(losses.log().sum(), layer.weight)
+    torch.testing.assert_close(weighted, log, rtol=1e-5, atol=0)
