@@ -31,7 +31,7 @@ from mmengine.logging import MessageHub, MMLogger, print_log
 from torch import Tensor, nn
 
 from adperception.balancing import functional
-from adperception.balancing.distributed import all_reduce_mean_
+from adperception.balancing.distributed import all_reduce_mean_, world_size
 from adperception.balancing.layout import SharingLayout
 from adperception.balancing.stats import GradientStats, GroupGradients
 from adperception.balancing.task_gradients import TaskGradients, amortised_gradients, loss_scaler
@@ -44,14 +44,19 @@ STEP_KINDS = ("weighted", "task_gradients", "amortised")
 DRIVER_ARGS = ("measure_interval", "chunk_numel", "bucket_numel", "seed")
 
 
-def agree_finite(task_losses: Tensor) -> Tensor:
-    """Per task, whether its loss is finite on every rank (bool, T): one all-reduce under DDP."""
-    finite = torch.isfinite(task_losses.detach())
+def agree_losses(task_losses: Tensor) -> tuple[Tensor, Tensor]:
+    """Per task, whether its loss is finite on every rank (bool, T), and its mean over the
+    ranks (float64, T; meaningful when all are finite): one all-reduce of 2T values under DDP,
+    so that every rank skips the same steps and every weighting sees the whole batch's losses
+    (N ranks of batch B weight as one process of N·B does)."""
+    losses = task_losses.detach().to(torch.float64)
+    summed = torch.cat([(~torch.isfinite(losses)).to(torch.float64), losses])
     if dist.is_available() and dist.is_initialized():
-        flags = finite.to(torch.int32)
-        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-        finite = flags.bool()
-    return finite
+        summed = summed.to(task_losses.device)
+        dist.all_reduce(summed)
+        summed = summed.cpu()
+    count = len(task_losses)
+    return summed[:count] == 0, summed[count:] / world_size()
 
 
 @BALANCERS.register_module()
@@ -214,12 +219,12 @@ class GradientBalancer(nn.Module):
                 "are the step of per-task gradients and of a skipped step"
             )
         task_losses = torch.stack([losses[f"loss_{t}"] for t in self.tasks])
-        finite = agree_finite(task_losses)
+        finite, mean_losses = agree_losses(task_losses)
         if not bool(finite.all()):
             self._skip(optim_wrapper, finite)
             self.num_steps += 1
             return {f"nonfinite.{t}": torch.tensor(1.0) for t, ok in self._named(finite) if not ok}
-        weights = self.weighting.weights(task_losses.detach())
+        weights = self.weighting.weights(mean_losses.to(task_losses))
         if kind == "weighted":
             self._weighted_step(model, task_losses, weights, optim_wrapper)
         else:
@@ -376,7 +381,7 @@ class GradientBalancer(nn.Module):
         if aggregator is None:
             return ones
         kwargs = dict(self.aggregator_kwargs)
-        if aggregator == "pcgrad":
+        if "generator" in inspect.signature(functional.AGGREGATORS[aggregator]).parameters:
             kwargs["generator"] = generator
         try:
             return functional.AGGREGATORS[aggregator](gram, **kwargs).double()

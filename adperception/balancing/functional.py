@@ -343,8 +343,45 @@ def aligned_mtl(G: Tensor) -> Tensor:
     return _apply(aligned_mtl_weights(gram_matrix(G)), G)
 
 
+def equal_norm_weights(gram: Tensor) -> Tensor:
+    """Every task gradient rescaled to the mean norm: ``a_i = mean_j ‖g_j‖ / ‖g_i‖``.
+
+    GradNorm's target (Chen et al. 2018: equal weighted gradient norms) reached directly on the
+    gradients, without learned weights: no task dominates the shared parameters, and the update
+    keeps the size of a plain sum of equally large gradients. Zero gradients get weight 0.
+    """
+    K = _float64_cpu(gram)
+    active = _nonzero(K)
+    a = torch.zeros(K.shape[0], dtype=torch.float64)
+    if active.any():
+        norms = K.diagonal()[active].sqrt()
+        a[active] = norms.mean() / norms
+    return a.to(gram)
+
+
+def equal_norm(G: Tensor) -> Tensor:
+    """Sum of the task gradients rescaled to their mean norm (P,)."""
+    return _apply(equal_norm_weights(gram_matrix(G)), G)
+
+
+def pcgrad_equal_norm_weights(gram: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """PCGrad on the norm-equalised gradients ``s_i g_i`` (``s = equal_norm_weights``), as
+    weights on the original ones: ``a_i = s_i · pcgrad_weights(S K S)_i``."""
+    s = equal_norm_weights(gram).to(torch.float64)
+    K = _float64_cpu(gram)
+    inner = pcgrad_weights(s[:, None] * K * s[None, :], generator).to(torch.float64)
+    return (s * inner).to(gram)
+
+
+def pcgrad_equal_norm(G: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """PCGrad update of the norm-equalised task gradients (P,)."""
+    return _apply(pcgrad_equal_norm_weights(gram_matrix(G), generator), G)
+
+
 AGGREGATORS: dict[str, Callable[..., Tensor]] = {
     "pcgrad": pcgrad_weights,
+    "equal_norm": equal_norm_weights,
+    "pcgrad_equal_norm": pcgrad_equal_norm_weights,
     "cagrad": cagrad_weights,
     "imtl_g": imtl_g_weights,
     "mgda": mgda_weights,

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adperception.balancing.distributed import all_reduce_mean_
 from adperception.registry import BALANCERS
 
 #: ``UncertaintyWeighting``'s forms: the c of ``c·e^(−s)·L + c·s``.
@@ -28,9 +27,10 @@ LOSS_EPS = 1e-8
 class Weighting(nn.Module):
     """Base class: equal weights, no state.
 
-    ``weights(losses)`` is called once per training step with the detached task losses (T,),
-    in the order of ``tasks``, on every rank at the same steps (a skipped step calls it on
-    none), so it may all-reduce; ``objective(...)`` trains the weighting's own parameters.
+    ``weights(losses)`` is called once per training step with the task losses (T, detached,
+    in the order of ``tasks``) averaged over the ranks, on every rank at the same steps (a
+    skipped step calls it on none): every rank's weighting sees the same values and keeps the
+    same state. ``objective(...)`` trains the weighting's own parameters.
     """
 
     #: Whether ``objective`` needs the tasks' gradient norms at the shared parameters.
@@ -291,10 +291,9 @@ class GradNorm(Weighting):
 
 
 def _batch_losses(losses: Tensor, weighting: str) -> Tensor:
-    """The whole batch's task losses plus ε, in float64: averaged over ranks (one all-reduce of
-    T values under DDP), so that N ranks of batch B weight as one process of N·B does."""
-    mean = losses.detach().to(torch.float64).clone()
-    all_reduce_mean_([mean])
+    """The task losses plus ε, in float64 (the step driver gives every weighting the losses
+    averaged over ranks, so these are the whole batch's)."""
+    mean = losses.detach().to(torch.float64)
     if bool((mean < 0).any()):
         raise ValueError(f"{weighting} takes the log of the losses; got negative {mean.tolist()}")
     return mean + LOSS_EPS

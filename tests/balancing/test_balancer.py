@@ -216,58 +216,103 @@ def test_measurement_step_changes_nothing_for_a_plain_weighting() -> None:
     assert_updates(updates[1], updates[0])
 
 
-def _escalation_run(conflict: bool, steps: int = 8) -> BranchedRegressor:
-    cfg = dict(type="Escalation", measure_interval=1, threshold=0.4, momentum=0.5, patience=3)
-    model, optim_wrapper = make(cfg)
-    if not conflict:
-        tie_tasks(model)
-    for step in range(steps):
-        model.train_step(batch(10 + step, conflict=conflict), optim_wrapper)
-    return model
+def escalation(**kwargs) -> dict:
+    return {"type": "Escalation", "measure_interval": 1, "momentum": 0.5, "patience": 2, **kwargs}
+
+
+def worst_conflict_strength(stats) -> float:
+    """From each group's Gram matrix, by the definition: the mean over task pairs of
+    max(0, −cos), the worst group's."""
+    worst = 0.0
+    for group in stats.groups.values():
+        K = group.gram.double()
+        n = len(group.tasks)
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        cos = [float(K[i, j] / (K[i, i] * K[j, j]).sqrt()) for i, j in pairs]
+        worst = max(worst, sum(max(0.0, -c) for c in cos) / len(pairs))
+    return worst
 
 
 def test_escalation_switches_to_pcgrad_on_conflict_and_survives_a_checkpoint() -> None:
-    model = _escalation_run(conflict=True)
+    model, optim_wrapper = make(escalation(conflict_threshold=0.05, imbalance_threshold=1e9))
     balancer = model.balancer
-    assert bool(balancer.escalated)
-    assert int(balancer.escalated_at) == 2  # three measurements (steps 0, 1, 2) above 0.4
-    # the average from 0 with momentum 0.5 over the worst group's three measured rates
-    r1, r2, r3 = balancer.recent_rates.tolist()
-    assert float(balancer.conflict_ema) == pytest.approx(0.5 * r3 + 0.25 * r2 + 0.125 * r1)
-    assert min(r1, r2, r3) > 0
+    ema = 0.0
+    for step in range(2):
+        model.train_step(batch(10 + step), optim_wrapper)
+        ema = 0.5 * ema + 0.5 * worst_conflict_strength(balancer.stats)
+        assert float(balancer.conflict.ema) == pytest.approx(ema)
+    assert bool(balancer.escalated) and int(balancer.escalated_at) == 1  # 2 above 0.05
+    assert not bool(balancer.imbalance.switched)
     assert balancer.active_aggregator() == "pcgrad"
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
-    resumed, _ = make(
-        dict(type="Escalation", measure_interval=1, threshold=0.4, momentum=0.5, patience=3)
-    )
+    resumed, _ = make(escalation(conflict_threshold=0.05, imbalance_threshold=1e9))
     assert not bool(resumed.balancer.escalated)
-    resumed.load_state_dict(state)
-    assert bool(resumed.balancer.escalated) and int(resumed.balancer.escalated_at) == 2
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert bool(resumed.balancer.escalated) and int(resumed.balancer.escalated_at) == 1
     assert resumed.balancer.active_aggregator() == "pcgrad"
     assert resumed.balancer.plan(resumed) == "task_gradients"
 
 
+def test_escalation_equalises_the_norms_when_one_task_dominates() -> None:
+    """Task c weighted 20: its gradient dwarfs a's and b's on the trunk (a norm ratio of ~400 at
+    the second step). Once switched, every group's update is the sum of its task gradients
+    rescaled to their mean norm."""
+    weighting = dict(type="StaticWeighting", weights=dict(c=20.0))
+    cfg = escalation(
+        weighting=weighting, conflict_threshold=1e9, imbalance_threshold=1.0, patience=1
+    )
+    model, optim_wrapper = make(cfg)
+    for step in range(2):
+        model.train_step(batch(10 + step), optim_wrapper)
+    balancer = model.balancer
+    assert bool(balancer.imbalance.switched) and not bool(balancer.conflict.switched)
+    assert balancer.active_aggregator() == "equal_norm"
+
+    def equalised(group, rows):
+        norms = rows.double().norm(dim=1)
+        return ((norms.mean() / norms)[:, None] * rows.double()).sum(0).to(rows)
+
+    data = batch(12)
+    expected = reference_update(model, data, torch.tensor([1.0, 1.0, 20.0]), equalised)
+    assert_updates(step_and_diff(model, optim_wrapper, data), expected, atol=1e-5)
+
+
+def test_escalation_applies_both_remedies_when_both_symptoms_persist() -> None:
+    weighting = dict(type="StaticWeighting", weights=dict(c=20.0))
+    cfg = escalation(
+        weighting=weighting, conflict_threshold=0.05, imbalance_threshold=1.0, patience=1
+    )
+    model, optim_wrapper = make(cfg)
+    for step in range(2):
+        model.train_step(batch(10 + step), optim_wrapper)
+    assert model.balancer.active_aggregator() == "pcgrad_equal_norm"
+
+
 def test_escalation_resumes_with_another_patience() -> None:
-    """The window of recent conflict rates is cut to the new patience, newest kept."""
-    model = _escalation_run(conflict=True, steps=2)
-    rates = model.balancer.recent_rates.tolist()
+    """The window of recent values is cut to the new patience, newest kept."""
+    model, optim_wrapper = make(escalation(conflict_threshold=1e9, imbalance_threshold=1e9))
+    for step in range(2):
+        model.train_step(batch(10 + step), optim_wrapper)
+    recent = model.balancer.conflict.recent.tolist()
     state = model.state_dict()
-    for patience, expected in ((2, rates[1:]), (5, [0.0, 0.0, *rates])):
-        cfg = dict(type="Escalation", measure_interval=1, momentum=0.5, patience=patience)
-        resumed, _ = make(cfg)
+    for patience, expected in ((1, recent[1:]), (4, [0.0, 0.0, *recent])):
+        cfg = escalation(conflict_threshold=1e9, imbalance_threshold=1e9)
+        resumed, _ = make({**cfg, "patience": patience})
         resumed.load_state_dict(state)
-        assert resumed.balancer.recent_rates.tolist() == expected
+        assert resumed.balancer.conflict.recent.tolist() == expected
         assert int(resumed.balancer.measurements) == 2
 
 
 def test_escalation_stays_with_uncertainty_weighting_when_tasks_agree() -> None:
-    model = _escalation_run(conflict=False)
+    model, optim_wrapper = make(escalation())
+    tie_tasks(model)
+    for step in range(8):
+        model.train_step(batch(10 + step, conflict=False), optim_wrapper)
     assert not bool(model.balancer.escalated)
     assert int(model.balancer.measurements) == 8
-    assert float(model.balancer.conflict_ema) == 0.0
+    assert float(model.balancer.conflict.ema) == 0.0
 
 
 @pytest.mark.parametrize("aggregator", ["NashMTL", "PCGrad"])

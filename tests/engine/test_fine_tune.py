@@ -13,7 +13,9 @@ import torch
 from adperception.engine import MTLRunner, install_checkpoint_allowlist
 from tests.balancing.models_for_tests import BranchedRegressor, batch
 
-BALANCER = dict(type="Escalation", measure_interval=1, threshold=0.2, momentum=0.5, patience=2)
+BALANCER = dict(
+    type="Escalation", measure_interval=1, conflict_threshold=0.05, momentum=0.5, patience=2
+)
 
 
 class Conflicting(torch.utils.data.Dataset):

@@ -75,7 +75,8 @@ def test_balancer_parameters_get_no_weight_decay(paramwise: bool) -> None:
 
 def test_balancer_parameters_are_not_clipped() -> None:
     """Under a tight clip the network's update is clipped to the bound while the
-    log-variances move by their full gradient, -½·e^(-s)·L_i + ½ (s = 0, SGD with lr 1)."""
+    log-variances move by their full gradient, -½·e^(-s)·L_i + ½ = -L_i + ½ at the start
+    (s = log ½, weight 1; SGD with lr 1)."""
     torch.manual_seed(0)
     model = BranchedRegressor(dict(type="UncertaintyWeighting"))
     wrapper = build(
@@ -83,7 +84,7 @@ def test_balancer_parameters_are_not_clipped() -> None:
     )
     data = batch(3)
     losses = model.loss(data["inputs"], data["data_samples"])
-    expected = torch.stack([-0.5 * losses[f"loss_{t}"].detach() + 0.5 for t in TASKS])
+    expected = torch.stack([-losses[f"loss_{t}"].detach() + 0.5 for t in TASKS])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train_step(data, wrapper)
     moved = {n: before[n] - p.detach() for n, p in model.named_parameters()}

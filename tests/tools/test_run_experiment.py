@@ -29,6 +29,11 @@ BALANCER_TYPES = {
     "MGDA",
     "NashMTL",
     "Escalation",
+    "FAMO",
+    "RLW",
+    "LogLossWeighting",
+    "FairGrad",
+    "AlignedMTL",
 }
 
 

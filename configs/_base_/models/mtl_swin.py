@@ -21,13 +21,16 @@ model = dict(
     ),
     neck=dict(type="mmdet.FPN", out_channels=256, num_outs=4),
     # Uncertainty weighting; every 50 steps the task gradients are measured on the shared
-    # parameters, and once the moving average (momentum 0.8) of the worst sharing group's
-    # conflict rate stays above 0.4 for 5 measurements, PCGrad takes over (docs/design.md §5).
+    # parameters. Once the moving average (momentum 0.8) of the worst sharing group's conflict
+    # strength (mean cosine magnitude of conflicting pairs) stays above 0.1 for 5 measurements,
+    # PCGrad takes over; once its gradient norms stay more than 10x apart (log10 ratio above 1),
+    # the norms are equalised; both: both (docs/design.md §5).
     balancer=dict(
         type="Escalation",
-        weighting=dict(type="UncertaintyWeighting", init_log_var=0.0),
+        weighting=dict(type="UncertaintyWeighting"),  # every task starts at weight 1
         measure_interval=50,  # the diagnostics hook logs these measurements
-        threshold=0.4,
+        conflict_threshold=0.1,
+        imbalance_threshold=1.0,
         momentum=0.8,
         patience=5,
     ),
