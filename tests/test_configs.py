@@ -27,6 +27,7 @@ CONFIGS = sorted(
 TINY_BACKBONES = {
     "swin": dict(depths=(1, 1, 1, 1), embed_dim=48),
     "convnext": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),
+    "tf_efficientnet_lite": {},  # Lite0 as it is (3.0 M): timm's Lite factories fix width and depth
 }
 
 

