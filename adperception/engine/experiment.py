@@ -231,8 +231,9 @@ def report(
         f"{os.cpu_count()} CPU cores (torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s)), made by `tools/run_experiment.py`.",
         "Metrics are those of the test split, mean ± sample standard deviation over the seeds; "
-        "final weights are the `weight_<task>` of the last training step (the loss weight "
-        "times any aggregator coefficient), averaged over the seeds; the conflict rate is the "
+        "final weights are the loss weights `weight_<task>` of the last training step, "
+        "averaged over the seeds (a gradient aggregator's own coefficients are not in them: "
+        "its diagnostics draw them); the conflict rate is the "
         "share of task pairs whose gradients on shared parameters have a negative inner "
         "product, averaged over the steps that computed per-task gradients (the diagnostics "
         "hook's, and every surgery step); ms/step is the median iteration time, averaged over "
@@ -266,7 +267,9 @@ def report(
             at = f", at {iterations} {', '.join(map(str, switched))}" if switched else ""
             lines += [
                 "",
-                f"Escalation switched to PCGrad in {len(switched)} of {len(escalations)} runs{at}.",
+                f"Escalation switched in {len(switched)} of {len(escalations)} runs{at} "
+                "(to PCGrad, equal gradient norms or both: each run's log names the remedy and "
+                "its evidence).",
             ]
         for (pictured_variant, method), files in pictures.items():
             if pictured_variant != variant:

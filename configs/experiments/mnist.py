@@ -64,10 +64,15 @@ methods = dict(
     ),
     DWA=dict(type="DWA", epoch_iters=_epoch_iters, measure_interval=_measure),
     TrendWeighting=dict(type="TrendWeighting", measure_interval=_measure),
+    FAMO=dict(type="FAMO", measure_interval=_measure),
+    RLW=dict(type="RLW", measure_interval=_measure),
+    LogLossWeighting=dict(type="LogLossWeighting", measure_interval=_measure),  # DB-MTL's
     CAGrad=dict(type="CAGrad", measure_interval=_measure),
     IMTLG=dict(type="IMTLG", measure_interval=_measure),
     MGDA=dict(type="MGDA", measure_interval=_measure),
     NashMTL=dict(type="NashMTL", measure_interval=_measure),
+    FairGrad=dict(type="FairGrad", measure_interval=_measure),
+    AlignedMTL=dict(type="AlignedMTL", measure_interval=_measure),
     Escalation=dict(type="Escalation", measure_interval=_measure),
     pcgrad_k8=dict(type="PCGrad", surgery_interval=8, measure_interval=_measure),
 )
