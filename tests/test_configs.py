@@ -1,6 +1,8 @@
 """Every config in configs/ builds its model and optim wrapper, trains one step and predicts, at
 a tiny size: fewer layers and queries set through the config as a user would with
 ``--cfg-options``, the architecture (backbone family, decoder type, balancer, heads) untouched.
+Sweep configs (``tools/run_delta_m.py``'s, which name a ``joint`` config) build every run's
+balancer instead.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from mmengine.dataset import pseudo_collate
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
+from adperception.balancing import build_balancer
 from adperception.data.datasets import SynthDrive
 from adperception.data.synth import generate_dataset
 from adperception.engine import setup_runtime
+from adperception.engine.delta_m import Sweep
 from adperception.registry import DATASETS, MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(
+FILES = sorted(
     str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py") if "_base_" not in p.parts
 )
+SWEEPS = [f for f in FILES if "joint" in Config.fromfile(ROOT / f)]
+CONFIGS = [f for f in FILES if f not in SWEEPS]
 # Tiny variants of each backbone family: one block per stage, narrow stages.
 TINY_BACKBONES = {
     "swin": dict(depths=(1, 1, 1, 1), embed_dim=48),
@@ -75,7 +81,20 @@ def config_batch(cfg: Config, synth_batch: dict) -> dict:
 
 def test_every_config_is_covered() -> None:
     assert "configs/quickstart.py" in CONFIGS and "configs/experiments/ad_mtl_dino.py" in CONFIGS
+    assert "configs/experiments/delta_m_synthdrive.py" in SWEEPS
     assert len(CONFIGS) >= 16
+
+
+@pytest.mark.parametrize("config", SWEEPS)
+def test_sweep_config_builds_every_runs_balancer(config: str) -> None:
+    setup_runtime()
+    sweep = Sweep.from_config(Config.fromfile(ROOT / config))
+    for task in sweep.tasks:
+        single = sweep.single_task_config(task)
+        assert set(single.model.heads) == {task}
+        build_balancer(single.model.balancer, (task,))
+    for method in sweep.methods:
+        build_balancer(sweep.joint_config(method).model.balancer, sweep.tasks)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
