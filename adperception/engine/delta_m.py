@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import statistics
 import time
@@ -41,7 +40,8 @@ from mmengine.config import Config
 from mmengine.model import is_model_wrapper
 from tqdm import tqdm
 
-from adperception.engine.runner import build_runner, setup_runtime
+from adperception.engine.experiment import train_then_test
+from adperception.engine.runner import setup_runtime
 
 #: The balancer of every single-task run: one task has nothing to balance.
 SINGLE_TASK_BALANCER = dict(type="EqualWeighting")
@@ -157,17 +157,7 @@ def train_and_test(cfg: Config, *, iters: int, seed: int, work_dir: Path) -> Run
     cfg.work_dir = str(work_dir)
     cfg.resume = (work_dir / "last_checkpoint").exists()
     cfg.load_from = None
-    runner = build_runner(cfg)
-    for handler in runner.logger.handlers:
-        if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
-    try:
-        runner.train()
-        metrics = {key: float(value) for key, value in runner.test().items()}
-    finally:
-        for handler in list(runner.logger.handlers):
-            handler.close()
-            runner.logger.removeHandler(handler)
+    runner, metrics = train_then_test(cfg)
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     params = sum(
         p.numel()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
 from tqdm import tqdm
 
 from adperception.balancing import Escalation
@@ -69,6 +70,23 @@ def load_methods(cfg: Config, names: Sequence[str] | None) -> dict[str, dict]:
     return {name: dict(b) for name, b in table.items() if names is None or name in names}
 
 
+def train_then_test(cfg: Config) -> tuple[Runner, dict[str, float]]:
+    """Build ``cfg``'s runner, train, then test; the console shows errors only (the run's log
+    file keeps mmengine's warnings), and the log handlers are closed after."""
+    runner = build_runner(cfg)
+    for handler in runner.logger.handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+    try:
+        runner.train()
+        metrics = {key: float(value) for key, value in runner.test().items()}
+    finally:
+        for handler in list(runner.logger.handlers):
+            handler.close()
+            runner.logger.removeHandler(handler)
+    return runner, metrics
+
+
 def train_and_test(
     cfg: Config,
     *,
@@ -109,17 +127,7 @@ def train_and_test(
     cfg.visualizer.name = cfg.experiment_name
     shutil.rmtree(work_dir, ignore_errors=True)
     cfg.work_dir = str(work_dir)
-    runner = build_runner(cfg)
-    for handler in runner.logger.handlers:
-        if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
-    try:
-        runner.train()
-        metrics = {key: float(value) for key, value in runner.test().items()}
-    finally:
-        for handler in list(runner.logger.handlers):
-            handler.close()
-            runner.logger.removeHandler(handler)
+    runner, metrics = train_then_test(cfg)
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     hub = runner.message_hub
     scalars = read_scalars(find_scalars(work_dir))
