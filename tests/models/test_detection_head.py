@@ -516,3 +516,17 @@ def test_rejects_inconsistent_configs(change: dict, error: str) -> None:
     cfg.update(change)
     with pytest.raises(ValueError, match=error):
         DetectionHead(**cfg)
+
+
+def test_two_stage_selection_needs_as_many_positions_as_queries() -> None:
+    """DINO takes its queries from the top num_queries encoder positions: a 32×64 input has
+    8×16 + 4×8 + 2×4 + 1×2 = 170 positions at strides 4-32, too few for 200 queries. The head
+    says so, where mmdet's top-k fails with 'selected index k out of range'."""
+    head = DetectionHead(
+        detector=dict(DINO, num_queries=200), num_classes=NUM_CLASSES, in_channels=EMBED
+    ).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="200 queries .* have 170"):
+        head(_feats(1, (32, 64), EMBED))
+    with torch.no_grad():
+        _, boxes = head(_feats(1, (64, 64), EMBED))  # 256 + 64 + 16 + 4 = 340 positions
+    assert boxes.shape == (1, 200, 4)

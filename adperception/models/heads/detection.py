@@ -86,7 +86,18 @@ class DetectionHead(BaseModule):
             return (feats[self.feat_level],)
         if self.num_levels > len(feats):
             raise ValueError(f"detector reads {self.num_levels} levels, got {len(feats)} maps")
-        return tuple(feats[len(feats) - self.num_levels :])
+        selected = tuple(feats[len(feats) - self.num_levels :])
+        if getattr(self.detector, "as_two_stage", False):
+            # two-stage selection takes the top num_queries encoder positions as queries
+            positions = sum(int(f.shape[-2]) * int(f.shape[-1]) for f in selected)
+            if positions < self.detector.num_queries:
+                sizes = ", ".join(f"{int(f.shape[-2])}×{int(f.shape[-1])}" for f in selected)
+                raise ValueError(
+                    f"the detector selects {self.detector.num_queries} queries from its "
+                    f"encoder's positions, but the maps it reads ({sizes}) have {positions}: "
+                    "train and test on larger images or set a smaller num_queries"
+                )
+        return selected
 
     def forward(
         self, feats: Sequence[Tensor], padding_mask: Tensor | None = None

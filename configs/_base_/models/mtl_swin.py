@@ -1,6 +1,6 @@
 # The four-task network: Swin-T, stages 0-1 shared, stages 2-3 copied per task group with
-# bottleneck adapters, one FPN per group, DAB-DETR for boxes and FPN heads for the dense tasks.
-_base_ = ["../detectors/dab_detr.py"]
+# bottleneck adapters, one FPN per group, DINO for boxes and FPN heads for the dense tasks.
+_base_ = ["../detectors/dino.py"]
 model = dict(
     type="MultiTaskModel",
     data_preprocessor=dict(
