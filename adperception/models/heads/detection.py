@@ -88,12 +88,16 @@ class DetectionHead(BaseModule):
             raise ValueError(f"detector reads {self.num_levels} levels, got {len(feats)} maps")
         selected = tuple(feats[len(feats) - self.num_levels :])
         if getattr(self.detector, "as_two_stage", False):
-            # two-stage selection takes the top num_queries encoder positions as queries
+            # two-stage selection takes the top-scoring encoder positions as queries (and as
+            # HybridDINO's one-to-many queries in training)
+            queries = self.detector.num_queries
+            if self.training:
+                queries += getattr(self.detector, "num_one2many", 0)
             positions = sum(int(f.shape[-2]) * int(f.shape[-1]) for f in selected)
-            if positions < self.detector.num_queries:
+            if positions < queries:
                 sizes = ", ".join(f"{int(f.shape[-2])}×{int(f.shape[-1])}" for f in selected)
                 raise ValueError(
-                    f"the detector selects {self.detector.num_queries} queries from its "
+                    f"the detector selects {queries} queries from its "
                     f"encoder's positions, but the maps it reads ({sizes}) have {positions}: "
                     "train and test on larger images or set a smaller num_queries"
                 )
