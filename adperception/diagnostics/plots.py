@@ -221,22 +221,25 @@ def _plot_conflict(scalars: dict[str, Series], groups: list[str], path: Path) ->
 def plot_metric_curves(
     runs: dict[str, dict[str, Series]], metrics: list[str], path: str | Path
 ) -> Path:
-    """One panel per validation metric, one line per run (metric against iteration): the
-    picture that compares training recipes at equal steps. Runs that never logged a metric are
+    """One panel per validation metric (three to a row), one line per run (metric against
+    iteration): the picture that compares training recipes at equal steps. Runs that never logged a metric are
     left out of its panel; a metric no run logged is an error."""
     missing = [m for m in metrics if not any(m in scalars for scalars in runs.values())]
     if missing:
         raise ValueError(f"no run logged {missing}")
-    fig = Figure(figsize=(5 * len(metrics), 4), layout="constrained")
+    columns = min(3, len(metrics))
+    rows = -(-len(metrics) // columns)
+    fig = Figure(figsize=(5 * columns, 4 * rows), layout="constrained")
     for index, metric in enumerate(metrics):
-        ax = fig.add_subplot(1, len(metrics), index + 1)
-        for label, scalars in runs.items():
+        ax = fig.add_subplot(rows, columns, index + 1)
+        for number, (label, scalars) in enumerate(runs.items()):
             if metric in scalars:
                 series = scalars[metric]
-                ax.plot(series.steps, series.values, marker="o", label=label)
+                ax.plot(series.steps, series.values, marker="o", color=f"C{number}", label=label)
         ax.set(xlabel="iteration", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if index == 0:  # one legend: every panel colours the runs alike
+            ax.legend(fontsize="small")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, path)

@@ -48,6 +48,9 @@ def test_table_and_picture(runs: tuple[Path, Path], tmp_path: Path, capsys) -> N
     ]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert imread(out).shape[:2] == (400, 1000)  # two 5×4-inch panels at 100 dpi
+    five = ["det/mAP_50", "seg/mIoU", "det/mAP_50", "seg/mIoU", "det/mAP_50"]
+    assert compare_runs.main([str(a), "--metrics", *five, "--out", str(out)]) == 0
+    assert imread(out).shape[:2] == (800, 1500)  # three to a row
 
 
 def test_a_metric_no_run_logged_is_an_error(runs: tuple[Path, Path], capsys) -> None:
