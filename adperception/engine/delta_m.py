@@ -9,8 +9,9 @@ per iteration.
 
 with ``l_m = 1`` where lower is better, so that a positive Δm means the joint model is better
 (the Nash-MTL and FAMO papers print the negative). A sweep is resumable at two levels: a
-finished run leaves ``result.json`` and is not trained again; an unfinished one resumes from its
-last checkpoint, bit for bit.
+finished run leaves its result (``<results>/<kind>/<name>/seed<k>.json``, beside the report so
+that it can be committed with it, and a sweep can span sessions and machines) and is not
+trained again; an unfinished one resumes from its last checkpoint in the work dir, bit for bit.
 
 A sweep config (``configs/experiments/delta_m_*.py``) names the joint config, the budget, the
 seeds, each task's metrics with their direction, and the balancers:
@@ -45,7 +46,6 @@ from adperception.engine.runner import setup_runtime
 
 #: The balancer of every single-task run: one task has nothing to balance.
 SINGLE_TASK_BALANCER = dict(type="EqualWeighting")
-RESULT = "result.json"
 
 
 @dataclass
@@ -136,6 +136,16 @@ def run_dir(root: Path, name: str, single_task: bool, seed: int) -> Path:
     return root / ("single_task" if single_task else "joint") / name / f"seed{seed}"
 
 
+def result_path(results: Path, name: str, single_task: bool, seed: int) -> Path:
+    return run_dir(results, name, single_task, seed).with_suffix(".json")
+
+
+def results_dir(out: str | Path) -> Path:
+    """Where a sweep reporting to ``out`` keeps its finished runs: ``docs/experiments/x.md``
+    → ``docs/experiments/x/results``."""
+    return Path(out).with_suffix("") / "results"
+
+
 def train_and_test(cfg: Config, *, iters: int, seed: int, work_dir: Path) -> RunResult:
     """Train ``cfg`` for ``iters`` iterations with ``seed`` in ``work_dir`` (resuming its last
     checkpoint if there is one), then test the final weights."""
@@ -199,10 +209,11 @@ def run_sweep(
     seeds: Sequence[int] | None = None,
     methods: Sequence[str] | None = None,
 ) -> list[RunResult]:
-    """Every run of the sweep not finished yet in ``work_dir``, then the report ``out`` over all
-    finished ones (a partial sweep gives a partial table, saying what is missing)."""
+    """Every run of the sweep without a result beside ``out`` yet (trained in ``work_dir``), and
+    the report ``out`` over all finished ones, rewritten after each run (a partial sweep gives a
+    partial table, saying what is missing)."""
     setup_runtime()
-    sweep = Sweep.from_config(Config.fromfile(sweep_config))
+    full = sweep = Sweep.from_config(Config.fromfile(sweep_config))  # the report covers all
     if seeds is not None:
         sweep = Sweep(sweep.joint, sweep.iters, tuple(seeds), sweep.metrics, sweep.methods)
     if methods is not None:
@@ -211,11 +222,11 @@ def run_sweep(
             raise ValueError(f"unknown method(s) {unknown}; the sweep has {list(sweep.methods)}")
         table = {name: sweep.methods[name] for name in methods}
         sweep = Sweep(sweep.joint, sweep.iters, sweep.seeds, sweep.metrics, table)
-    root = Path(work_dir)
-    todo = [run for run in sweep.plan() if not (run_dir(root, *run) / RESULT).exists()]
+    root, results, out = Path(work_dir), results_dir(out), Path(out)
+    todo = [run for run in sweep.plan() if not result_path(results, *run).exists()]
     print(
         f"Δm sweep: {len(sweep.plan()) - len(todo)} of {len(sweep.plan())} runs done, "
-        f"{len(todo)} to go (work dir {root})",
+        f"{len(todo)} to go (work dir {root}, results {results})",
         flush=True,
     )
     with tqdm(todo, unit="run", dynamic_ncols=True) as progress:
@@ -223,20 +234,29 @@ def run_sweep(
             kind = "single-task" if single else "joint"
             progress.set_postfix_str(f"{kind} {name} seed {seed}")
             cfg = sweep.single_task_config(name) if single else sweep.joint_config(name)
-            directory = run_dir(root, name, single, seed)
             start = time.perf_counter()
-            result = train_and_test(cfg, iters=sweep.iters, seed=seed, work_dir=directory)
+            result = train_and_test(
+                cfg, iters=sweep.iters, seed=seed, work_dir=run_dir(root, name, single, seed)
+            )
             result.name, result.single_task = name, single
-            (directory / RESULT).write_text(json.dumps(asdict(result), indent=2) + "\n")
+            path = result_path(results, name, single, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(asdict(result), indent=2) + "\n")
             progress.write(
                 f"{kind} {name} seed {seed}: {_short(result.metrics, sweep.metrics)} "
                 f"({time.perf_counter() - start:.0f} s)"
             )
-    results = load_results(root, sweep)
-    out = Path(out)
+            _write_report(out, results, full, sweep_config)  # a partial table after every run
+    return _write_report(out, results, full, sweep_config)
+
+
+def _write_report(
+    out: Path, results: Path, sweep: Sweep, sweep_config: str | os.PathLike
+) -> list[RunResult]:
+    found = load_results(results, sweep)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report(results, sweep, sweep_config=str(sweep_config)))
-    return results
+    out.write_text(report(found, sweep, sweep_config=str(sweep_config)))
+    return found
 
 
 def _short(metrics: Mapping[str, float], chosen: Mapping[str, Mapping[str, int]]) -> str:
@@ -244,10 +264,10 @@ def _short(metrics: Mapping[str, float], chosen: Mapping[str, Mapping[str, int]]
     return ", ".join(f"{k} {metrics[k]:.3g}" for k in keys)
 
 
-def load_results(root: Path, sweep: Sweep) -> list[RunResult]:
+def load_results(results: Path, sweep: Sweep) -> list[RunResult]:
     found = []
-    for name, single, seed in sweep.plan():
-        path = run_dir(root, name, single, seed) / RESULT
+    for run in sweep.plan():
+        path = result_path(results, *run)
         if path.exists():
             found.append(RunResult(**json.loads(path.read_text())))
     return found
@@ -338,5 +358,11 @@ def report(results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str) -> 
             for n, s, k in sweep.plan()
             if not any(r.name == n and r.single_task == s and r.seed == k for r in results)
         ]
-        lines += ["", f"Not run yet ({len(missing)}): {', '.join(missing)}."]
+        lines += [
+            "",
+            f"Not run yet ({len(missing)}): {', '.join(missing)}.",
+            "",
+            f"To run them (finished runs are kept): `python tools/run_delta_m.py {sweep_config}`,"
+            " with `--seeds K` for one seed at a time.",
+        ]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,14 @@ import pytest
 from mmengine.config import Config
 
 from adperception.data.synth import generate_dataset
-from adperception.engine.delta_m import RESULT, Sweep, delta_m, run_dir, run_sweep
+from adperception.engine.delta_m import (
+    Sweep,
+    delta_m,
+    result_path,
+    results_dir,
+    run_dir,
+    run_sweep,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,9 +105,18 @@ def test_a_tiny_sweep_reports_and_resumes(sweep_config: Path, tmp_path: Path, ca
     run_sweep(sweep_config, work_dir=work, out=out)
     assert "3 of 3 runs done, 0 to go" in capsys.readouterr().out
     # an unfinished run resumes from its last checkpoint: the same final weights, same metrics
-    joint_dir = run_dir(work, "EqualWeighting", False, 0)
-    (joint_dir / RESULT).unlink()
-    assert (joint_dir / "last_checkpoint").exists()
+    results = results_dir(out)
+    assert results == tmp_path / "table" / "results"
+    result = result_path(results, "EqualWeighting", False, 0)
+    assert result == results / "joint" / "EqualWeighting" / "seed0.json"
+    result.unlink()
+    assert (run_dir(work, "EqualWeighting", False, 0) / "last_checkpoint").exists()
+    # a part of the sweep (no joint method) reports on the whole one, and how to finish it
+    partial = run_sweep(sweep_config, work_dir=work, out=out, methods=[])
+    assert [r.name for r in partial] == ["seg", "depth"]
+    table = out.read_text()
+    assert "Not run yet (1): joint EqualWeighting seed 0." in table
+    assert f"`python tools/run_delta_m.py {sweep_config}`" in table
     again = run_sweep(sweep_config, work_dir=work, out=out)
     assert {r.name: r.metrics for r in again}["EqualWeighting"] == joint.metrics
-    assert json.loads((joint_dir / RESULT).read_text())["metrics"] == joint.metrics
+    assert json.loads(result.read_text())["metrics"] == joint.metrics
