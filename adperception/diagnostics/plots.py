@@ -222,8 +222,8 @@ def plot_metric_curves(
     runs: dict[str, dict[str, Series]], metrics: list[str], path: str | Path
 ) -> Path:
     """One panel per validation metric (three to a row), one line per run (metric against
-    iteration): the picture that compares training recipes at equal steps. Runs that never logged a metric are
-    left out of its panel; a metric no run logged is an error."""
+    iteration): the picture that compares training recipes at equal steps. Runs that never
+    logged a metric are left out of its panel; a metric no run logged is an error."""
     missing = [m for m in metrics if not any(m in scalars for scalars in runs.values())]
     if missing:
         raise ValueError(f"no run logged {missing}")
