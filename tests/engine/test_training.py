@@ -142,7 +142,7 @@ def test_ddp_ranks_agree_and_equal_one_process_with_the_doubled_batch(
 _base_ = [{str(tiny_config)!r}]
 model = dict(
     backbone=dict(branches=dict(_delete_=True, seg=["seg"])),
-    heads=dict(_delete_=True, seg=dict(type="SegmentationHead", in_channels=128, channels=32,
+    heads=dict(_delete_=True, seg=dict(type="SegmentationHead", in_channels=256, channels=32,
                                        dropout_ratio=0.0)),
 )
 train_dataloader = dict(dataset=dict(pipeline=[dict(type="PackMTLInputs")]))

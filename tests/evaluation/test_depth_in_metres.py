@@ -41,6 +41,8 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, torch.
     generate_dataset(root, {"val": 1}, seed=7, height=SIZE[0], width=SIZE[1])
     cfg = Config.fromfile(ROOT / "configs/quickstart.py")
     cfg.test_dataloader.dataset.data_root = str(root)
+    # DINO selects its queries among the encoder's positions: 42 at the 32×64 zoom
+    cfg.model.heads.det.detector.num_queries = 20
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
