@@ -88,11 +88,9 @@ class DetectionHead(BaseModule):
             raise ValueError(f"detector reads {self.num_levels} levels, got {len(feats)} maps")
         selected = tuple(feats[len(feats) - self.num_levels :])
         if getattr(self.detector, "as_two_stage", False):
-            # two-stage selection takes the top-scoring encoder positions as queries (and as
-            # HybridDINO's one-to-many queries in training)
-            queries = self.detector.num_queries
-            if self.training:
-                queries += getattr(self.detector, "num_one2many", 0)
+            # two-stage selection takes the top-scoring encoder positions as queries
+            # (HybridDINO's num_selected adds its one-to-many queries in training)
+            queries = getattr(self.detector, "num_selected", self.detector.num_queries)
             positions = sum(int(f.shape[-2]) * int(f.shape[-1]) for f in selected)
             if positions < queries:
                 sizes = ", ".join(f"{int(f.shape[-2])}×{int(f.shape[-1])}" for f in selected)

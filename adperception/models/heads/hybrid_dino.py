@@ -53,7 +53,9 @@ class HybridDINO(DINO):
         # rows [0, num_queries): DINO's content queries; the rest: the one-to-many set
         self.query_embedding = nn.Embedding(self.num_queries + self.num_one2many, self.embed_dims)
 
-    def _num_selected(self) -> int:
+    @property
+    def num_selected(self) -> int:
+        """Encoder proposals taken as queries: the one-to-many ones as well in training."""
         return self.num_queries + (self.num_one2many if self.training else 0)
 
     def pre_decoder(
@@ -67,7 +69,7 @@ class HybridDINO(DINO):
         training, with the self-attention mask extended so that the one-to-many queries see
         only each other and no other query sees them."""
         batch = memory.shape[0]
-        selected = self._num_selected()
+        selected = self.num_selected
         head = self.bbox_head
         output_memory, output_proposals = self.gen_encoder_output_proposals(
             memory, memory_mask, spatial_shapes
