@@ -12,6 +12,9 @@
 - ``METRICS``: mmengine ``BaseMetric`` subclasses over packed ``MTLDataSample`` predictions.
 - ``BALANCERS``: loss weightings and gradient aggregators (``model.balancer=dict(type=...)``),
   built by ``adperception.balancing.build_balancer``.
+- ``TASKS``: one ``adperception.tasks.Task`` per task, registered under the task's name
+  (``det``, ``seg``, ...): everything the data, model, metric, export and pictures need to know
+  about it.
 - ``MODEL_WRAPPERS``: the DDP wrapper whose train step runs the balancer.
 - ``HOOKS``, ``OPTIM_WRAPPERS``, ``OPTIM_WRAPPER_CONSTRUCTORS``, ``RUNNERS``, ``LOOPS``: training
   glue in ``adperception.engine``.
@@ -43,6 +46,7 @@ MODELS = Registry(
 METRICS = Registry(
     "metric", parent=MMENGINE_METRICS, scope="adperception", locations=["adperception.evaluation"]
 )
+TASKS = Registry("task", scope="adperception", locations=["adperception.tasks"])
 BALANCERS = Registry("balancer", scope="adperception", locations=["adperception.balancing"])
 MODEL_WRAPPERS = Registry(
     "model_wrapper",

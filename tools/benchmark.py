@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from adperception.data.synth import generate_sample
@@ -216,17 +217,23 @@ def bench_balancers(args: argparse.Namespace) -> dict:
     return records
 
 
-TASKS = ("det", "seg", "depth", "normals")
 SUM_ROW = "sum of single-task"
-# size name -> (four-task config, (height, width), single-task configs; None derives them)
+# size name -> (multi-task config, (height, width), single-task config pattern; None derives them)
 INFERENCE_SIZES = {
     "quick": ("configs/quickstart.py", (128, 256), None),
-    "full": (
-        "configs/ad_mtl.py",
-        (512, 1024),
-        {task: f"configs/single_task/{task}.py" for task in TASKS},
-    ),
+    "full": ("configs/ad_mtl.py", (512, 1024), "configs/single_task/{task}.py"),
 }
+
+
+def config_tasks(config: str) -> tuple[str, ...]:
+    """The tasks a config trains: the heads it names, in registration order."""
+    from mmengine.config import Config
+
+    from adperception.tasks import tasks_in_order
+
+    return tasks_in_order(Config.fromfile(config).model.heads)
+
+
 VARIANTS = ("fp32", "bf16", "bf16_channels_last")
 
 
@@ -329,12 +336,14 @@ def bench_inference_one(args: argparse.Namespace) -> list[dict]:
     return records
 
 
-def sum_of_single_task(records: list[dict]) -> dict:
-    """The four single-task models run one after another on the same batch: latencies, parameters
-    and memory add up (each model deployed in its own process)."""
+def sum_of_single_task(records: list[dict], expected: Sequence[str]) -> dict:
+    """The single-task models of the ``expected`` tasks run one after another on the same batch:
+    latencies, parameters and memory add up (each model deployed in its own process)."""
     tasks = [task for record in records for task in record["tasks"]]
-    if sorted(tasks) != sorted(TASKS):
-        raise ValueError(f"the single-task records cover tasks {tasks}, not each of {TASKS} once")
+    if sorted(tasks) != sorted(expected):
+        raise ValueError(
+            f"the single-task records cover tasks {tasks}, not each of {list(expected)} once"
+        )
     latency = sum(record["latency_s"] for record in records)
     return {
         "config": SUM_ROW,
@@ -389,14 +398,14 @@ def bench_inference(args: argparse.Namespace) -> list[dict]:
         for variant in VARIANTS if args.amp else VARIANTS[:1]:
             four = _run_inference_one(config, None, size, run, variant)
             singles = [
-                _run_inference_one(single[task], None, size, run, variant)
+                _run_inference_one(single.format(task=task), None, size, run, variant)
                 if single
                 else _run_inference_one(config, task, size, run, variant)
-                for task in TASKS
+                for task in config_tasks(config)
             ]
             for index, record in enumerate(four):
                 row = [r[index] for r in singles]
-                records += [record, *row, sum_of_single_task(row)]
+                records += [record, *row, sum_of_single_task(row, config_tasks(config))]
     return records
 
 
@@ -453,7 +462,7 @@ def main() -> int:
     inference.add_argument("--markdown", type=Path, help="also write the table to this file")
     one = sub.add_parser("inference-one", help=bench_inference_one.__doc__)
     one.add_argument("--config", required=True)
-    one.add_argument("--task", choices=TASKS, help="keep this head only (derived single-task)")
+    one.add_argument("--task", help="keep this head only (derived single-task)")
     one.add_argument("--height", type=int, required=True)
     one.add_argument("--width", type=int, required=True)
     one.add_argument("--batches", nargs="+", type=int, default=[1])

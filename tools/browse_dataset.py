@@ -54,12 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         sample = dataset.get_raw_sample(idx)
         for transform in transforms:
             sample = transform(sample)
-        panel = draw_sample(
-            sample,
-            seg_classes=meta["classes"],
-            det_classes=meta["det_classes"],
-            palette=meta["palette"],
-        )
+        panel = draw_sample(sample, metainfo=meta, tasks=dataset.tasks)
         write_png(os.path.join(args.out_dir, sample_stem(sample["img_path"]) + ".png"), panel)
     return 0
 

@@ -1,5 +1,10 @@
-"""Check every file of a dataset (a root in the Cityscapes or NYUv2 layout, or the datasets of a
-config) and print one line per problem; exit status 1 when there is any.
+"""Check every file of a dataset (a root in the Cityscapes, BDD100K or NYUv2 layout, or the
+datasets of a config) and print one line per problem; exit status 1 when there is any.
+
+A BDD100K root (``images/100k/...``) is checked for its partial labels: every image and mask is
+read, and every frame of ``labels/det_20/det_{split}.json`` (a frame naming a missing image, an
+unknown category, a box with x2 < x1 or outside its image); an image without some label file is
+no problem, a drivable or lane mask without its image is.
 
 Frames that decode fine but that no driving camera would see (one instance over half of the
 image, valid depth on under a tenth of it) are printed as ``PATH: warning: ...`` lines; they do
@@ -7,6 +12,7 @@ not change the exit status, since a real dataset may hold a few.
 
     python tools/check_dataset.py configs/_base_/datasets/cityscapes.py
     python tools/check_dataset.py data/synthdrive --splits train val
+    python tools/check_dataset.py data/bdd100k
 """
 
 from __future__ import annotations

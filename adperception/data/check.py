@@ -3,7 +3,9 @@
 The readers stop at a sample's first bad file; the checker reads every file of every sample with
 the same decoding functions, and adds what a reader tolerates but a dataset should not have:
 files without an image, instance ids of classes that have no instances, normals maps without a
-valid pixel, splits without files.
+valid pixel, splits without files. BDD100K's labels are partial by design (sem_seg covers 10K
+images, not all of them in the 100K set), so there a missing label file is no problem, but a
+drivable or lane mask without its image is, and so is every bad frame of the det json.
 
 ``implausible_view`` adds warnings, not errors, for frames that decode fine but that no driving
 camera would see (one instance filling the view, almost no valid depth): a real dataset may hold
@@ -22,12 +24,14 @@ import numpy as np
 from cityscapesscripts.helpers.labels import id2label
 from mmengine.config import Config
 
-from adperception.data import formats
-from adperception.data.datasets import cityscapes, nyuv2
+from adperception.data import bdd100k_format, formats
+from adperception.data.datasets import bdd100k, cityscapes, nyuv2
+from adperception.data.datasets.bdd100k import BDD100KMTL
 from adperception.data.datasets.cityscapes import CityscapesMTL
 from adperception.data.datasets.nyuv2 import NYUv2MTL
 from adperception.data.formats import DataFileError
 from adperception.registry import DATASETS
+from adperception.tasks.base import layout_files
 
 LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
 # A car 8 m ahead covers ~7 % of a Cityscapes frame and a bus beside the ego car ~30 %: an
@@ -55,6 +59,9 @@ class SampleFiles:
     layout: str
     files: dict[str, str]
     missing: dict[str, str]
+    #: ``(json path, frame)`` of the sample's frame in a split-wide label file (BDD100K's det
+    #: json), whose boxes are checked against the image.
+    frame: tuple[str, bdd100k.DetFrame] | None = None
 
 
 def dataset_cfgs(source: str, splits: Sequence[str] | None = None) -> list[dict]:
@@ -101,9 +108,11 @@ def dataset_cfgs(source: str, splits: Sequence[str] | None = None) -> list[dict]
 
 
 def _detect_layout(root: str) -> tuple[str, list[str]]:
-    """``('CityscapesMTL' or 'NYUv2MTL', splits on disk)`` of a dataset root."""
+    """``('BDD100KMTL', 'CityscapesMTL' or 'NYUv2MTL', splits on disk)`` of a dataset root."""
+    if os.path.isdir(os.path.join(root, bdd100k.IMAGE_DIR)):
+        return "BDD100KMTL", _bdd100k_splits(root)
     if os.path.isdir(os.path.join(root, formats.FOLDERS[formats.IMAGE_SUFFIX])):
-        folders = {os.path.join(root, folder) for folder in formats.FOLDERS.values()}
+        folders = {os.path.join(root, folder) for folder in cityscapes.folders().values()}
         splits = {
             split
             for folder in folders
@@ -120,9 +129,34 @@ def _detect_layout(root: str) -> tuple[str, list[str]]:
     if splits:
         return "NYUv2MTL", sorted(splits)
     raise DataFileError(
-        f"{root}: neither the Cityscapes layout (leftImg8bit/...) nor the NYUv2 layout "
-        "({split}/image/...)"
+        f"{root}: neither the Cityscapes layout (leftImg8bit/...), the BDD100K layout "
+        "(images/100k/...) nor the NYUv2 layout ({split}/image/...)"
     )
+
+
+def _bdd100k_splits(root: str) -> list[str]:
+    """Splits of the image folder, the drivable and lane masks and the det jsons; not of the
+    sem_seg masks, which belong to the 10K images (see ``bdd100k``)."""
+    folders = [
+        bdd100k.IMAGE_DIR,
+        bdd100k.MASK_DIRS["drivable_path"],
+        bdd100k.MASK_DIRS["lane_path"],
+    ]
+    splits = {
+        split
+        for folder in folders
+        if os.path.isdir(os.path.join(root, folder))
+        for split in os.listdir(os.path.join(root, folder))
+        if os.path.isdir(os.path.join(root, folder, split))
+    }
+    det_dir = os.path.join(root, bdd100k.DET_DIR)
+    if os.path.isdir(det_dir):
+        splits |= {
+            name[len("det_") : -len(".json")]
+            for name in os.listdir(det_dir)
+            if name.startswith("det_") and name.endswith(".json")
+        }
+    return sorted(splits)
 
 
 def collect_samples(
@@ -146,15 +180,20 @@ def collect_samples(
                 samples.append(SampleFiles("nyuv2", files, missing))
         elif issubclass(cls, CityscapesMTL):
             found = cityscapes.scan_split(root, split)
-            folders = [os.path.join(root, folder, split) for folder in formats.FOLDERS.values()]
+            folders = [
+                os.path.join(root, folder, split) for folder in cityscapes.folders().values()
+            ]
             kinds = {key for files in found.values() for key in files} | {"img_path"}
             for (city, stem), files in found.items():
                 expected = kinds | ({"camera_path"} if "disparity_path" in files else set())
                 missing = {
-                    key: cityscapes.sample_path(root, split, city, stem, cityscapes.KINDS[key])
+                    key: cityscapes.sample_path(root, split, city, stem, cityscapes.kinds()[key])
                     for key in expected - files.keys()
                 }
                 samples.append(SampleFiles("cityscapes", files, missing))
+        elif issubclass(cls, BDD100KMTL):
+            found, folders, found_problems = _collect_bdd100k(root, split, samples)
+            problems.extend(found_problems)
         else:
             raise DataFileError(f"{source}: no checker for dataset type {cfg['type']}")
         if not found:
@@ -164,8 +203,36 @@ def collect_samples(
     return samples, problems
 
 
+def _collect_bdd100k(
+    root: str, split: str, samples: list[SampleFiles]
+) -> tuple[dict, list[str], list[Problem]]:
+    """Append the samples of one BDD100K split to ``samples``: each image, and each drivable or
+    lane mask without one; ``(files found, the split's folders, the det json's problems)``."""
+    image_dir, det_path, mask_dirs = bdd100k.split_paths(root, split)
+    found = bdd100k.scan_split(root, split)
+    frames: dict[str, bdd100k.DetFrame] = {}
+    problems = []
+    if os.path.isdir(image_dir) and os.path.exists(det_path):
+        errors: list[DataFileError] = []
+        try:
+            frames = bdd100k.read_det_frames(det_path, image_dir, errors)
+        except DataFileError as err:
+            errors.append(err)
+        problems = [_problem(det_path, err) for err in errors]
+    for stem, files in found.items():
+        if "img_path" in files:
+            frame = frames.get(files["img_path"])
+            samples.append(
+                SampleFiles("bdd100k", files, {}, None if frame is None else (det_path, frame))
+            )
+        elif files.keys() - {"seg_path"}:
+            missing = {"img_path": os.path.join(image_dir, stem + ".jpg")}
+            samples.append(SampleFiles("bdd100k", files, missing))
+    return found, [image_dir, *mask_dirs.values()], problems
+
+
 def check_sample(sample: SampleFiles) -> list[Problem]:
-    """All problems of one sample, at most one per file."""
+    """All problems of one sample, at most one per file (and one for its det json frame)."""
     if "img_path" in sample.missing:
         present = ", ".join(sorted(sample.files.values()))
         return [Problem(sample.missing["img_path"], f"image is missing, but {present} exist(s)")]
@@ -175,7 +242,9 @@ def check_sample(sample: SampleFiles) -> list[Problem]:
             problems.append(Problem(path, f"missing: {sample.files['disparity_path']} needs it"))
         else:
             problems.append(Problem(path, "missing, while other samples of the split have one"))
-    readers = _CITYSCAPES_CHECKS if sample.layout == "cityscapes" else _NYUV2_CHECKS
+    readers = _CHECKS[sample.layout]
+    if sample.layout == "cityscapes":
+        readers = {**readers, **{key: file.read for key, (_, file) in layout_files().items()}}
     image_path = sample.files["img_path"]
     shape = None
     if os.path.getsize(image_path) == 0:
@@ -195,6 +264,12 @@ def check_sample(sample: SampleFiles) -> list[Problem]:
             readers[key](path, shape)
         except DataFileError as err:
             problems.append(_problem(path, err))
+    if sample.frame is not None and shape is not None:
+        det_path, frame = sample.frame
+        try:
+            bdd100k.det_targets(det_path, frame, shape)
+        except DataFileError as err:
+            problems.append(_problem(det_path, err))
     return problems
 
 
@@ -292,3 +367,10 @@ _NYUV2_CHECKS: dict[str, Callable] = {
     "depth_path": nyuv2.read_depth,
     "normal_path": nyuv2.read_normals,
 }
+_BDD100K_CHECKS: dict[str, Callable] = {
+    "img_path": bdd100k.read_image,
+    "drivable_path": bdd100k_format.read_drivable_mask,
+    "lane_path": bdd100k_format.read_lane_mask,
+    "seg_path": bdd100k.read_seg_mask,
+}
+_CHECKS = {"cityscapes": _CITYSCAPES_CHECKS, "nyuv2": _NYUV2_CHECKS, "bdd100k": _BDD100K_CHECKS}

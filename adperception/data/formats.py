@@ -113,6 +113,15 @@ class DataFileError(UserError, ValueError):
     """A dataset file is missing, unreadable or inconsistent; the message names the file."""
 
 
+def check_size(path: str, array: np.ndarray, image_shape: tuple[int, int] | None) -> None:
+    """Raise ``DataFileError`` when a decoded map's H×W differs from the image's."""
+    if image_shape is not None and tuple(array.shape[:2]) != tuple(image_shape):
+        h, w = array.shape[:2]
+        raise DataFileError(
+            f"{path}: size {h}x{w} differs from the image's {image_shape[0]}x{image_shape[1]}"
+        )
+
+
 def read_png(path: str | os.PathLike, *, channels: int, dtype: type[np.integer]) -> np.ndarray:
     """Read a PNG as H×W (channels=1) or H×W×3 RGB array of exactly ``dtype``.
 

@@ -1,6 +1,7 @@
 """The per-image data sample that carries every task's targets and predictions to the model.
 
-Field names follow mmdet's ``DetDataSample`` (``gt_instances``) and mmseg's ``SegDataSample``
+Each task names its two fields (``Task.gt_field``, ``Task.pred_field`` in ``adperception.tasks``);
+the names follow mmdet's ``DetDataSample`` (``gt_instances``) and mmseg's ``SegDataSample``
 (``gt_sem_seg``), so their heads consume an ``MTLDataSample`` unchanged.
 """
 
@@ -8,52 +9,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmengine.structures import BaseDataElement, InstanceData, PixelData
+from mmengine.structures import BaseDataElement
 
-
-def _typed_field(name: str, dtype: type[BaseDataElement], doc: str) -> property:
-    """A property stored as ``_name`` through ``set_field`` with a type check, as mmdet does.
-
-    It must be a ``property``: ``BaseDataElement.keys()`` recognises private backing fields
-    by that type.
-    """
-    private = f"_{name}"
-
-    def fget(self: BaseDataElement) -> Any:
-        return getattr(self, private)
-
-    def fset(self: BaseDataElement, value: Any) -> None:
-        self.set_field(value, private, dtype=dtype)
-
-    def fdel(self: BaseDataElement) -> None:
-        delattr(self, private)
-
-    return property(fget, fset, fdel, doc)
+from adperception.tasks.base import get_task, task_names
 
 
 class MTLDataSample(BaseDataElement):
-    """Targets and predictions of one image for detection, segmentation, depth and normals.
+    """Targets and predictions of one image, one data field per task the image has.
 
     Metainfo: ``img_path``, ``sample_idx``, ``ori_shape``, ``img_shape``, ``pad_shape``,
-    ``scale_factor`` (w_scale, h_scale), ``flip``, ``flip_direction``. A field is absent when
-    the dataset does not provide that task.
+    ``scale_factor`` (w_scale, h_scale), ``flip``, ``flip_direction``. A task's field is absent
+    when the image has no label for it (its dataset lacks the task, or this sample does). A task
+    field only takes its task's element type (``Task.element_type``), as mmdet's typed fields.
     """
 
-    gt_instances = _typed_field(
-        "gt_instances", InstanceData, "InstanceData: bboxes float32 N×4 xyxy px, labels int64 N."
-    )
-    gt_sem_seg = _typed_field(
-        "gt_sem_seg", PixelData, "PixelData: data int64 1×H×W train ids, 255 = ignore."
-    )
-    gt_depth = _typed_field(
-        "gt_depth", PixelData, "PixelData: data float32 1×H×W metres, 0 = invalid."
-    )
-    gt_normals = _typed_field(
-        "gt_normals", PixelData, "PixelData: data float32 3×H×W unit camera-frame normals."
-    )
-    pred_instances = _typed_field(
-        "pred_instances", InstanceData, "InstanceData: bboxes, scores, labels."
-    )
-    pred_sem_seg = _typed_field("pred_sem_seg", PixelData, "PixelData: data 1×H×W class ids.")
-    pred_depth = _typed_field("pred_depth", PixelData, "PixelData: data 1×H×W metres.")
-    pred_normals = _typed_field("pred_normals", PixelData, "PixelData: data 3×H×W unit normals.")
+    def __setattr__(self, name: str, value: Any) -> None:
+        expected = _field_types().get(name)
+        if expected is None:
+            super().__setattr__(name, value)
+        else:
+            self.set_field(value, name, dtype=expected)
+
+
+def _field_types() -> dict[str, type[BaseDataElement]]:
+    """Every registered task's gt and pred field → its element type."""
+    types = {}
+    for task in map(get_task, task_names()):
+        types[task.gt_field] = types[task.pred_field] = task.element_type
+    return types

@@ -3,9 +3,9 @@
 Random parameters come from numpy's global RNG, so mmengine's seeding makes a pipeline
 reproducible; albumentations then applies them as deterministic ops in one ``Compose`` call,
 so the image, every map and the boxes undergo exactly the same geometry. Maps use nearest
-interpolation (no blended labels or depths); the physics that albumentations does not know
-about is applied here: a uniform zoom by s divides metric depth by s, and a horizontal flip
-negates the normals' x component.
+interpolation (no blended labels or depths). The physics that albumentations does not know
+about is each task's own (``adperception.tasks``): a uniform zoom by s divides metric depth by
+s, a horizontal flip negates the normals' x component.
 """
 
 from __future__ import annotations
@@ -16,18 +16,27 @@ from collections.abc import Sequence
 import albumentations as A
 import cv2
 import numpy as np
-import torch
 from mmcv.transforms import BaseTransform
-from mmengine.structures import InstanceData, PixelData
 
 from adperception.data.structures import MTLDataSample
 from adperception.registry import TRANSFORMS
+from adperception.tasks.base import MapTask, Task, chw, get_task, task_names
 
-#: Dense targets of the sample, each resized, cropped and flipped like the image.
-MAP_KEYS = ("gt_seg_map", "gt_depth_map", "gt_normals_map")
-#: What padding writes: black image, ignored labels, invalid depth and normals.
-PAD_VALUES = {"img": 0, "gt_seg_map": 255, "gt_depth_map": 0.0, "gt_normals_map": 0.0}
-_MAP_DTYPES = {"gt_seg_map": np.int64, "gt_depth_map": np.float32, "gt_normals_map": np.float32}
+
+def _map_tasks(results: dict) -> list[MapTask]:
+    """The dense-map tasks whose target the sample carries."""
+    return [task for task in map(get_task, task_names()) if isinstance(task, MapTask)
+            and task.in_sample(results)]  # fmt: skip
+
+
+def _box_tasks(results: dict) -> list[Task]:
+    """The box tasks whose target the sample carries (boxes move through albumentations'
+    bbox pipeline, clipped and dropped with their labels)."""
+    return [
+        task
+        for task in map(get_task, task_names())
+        if not isinstance(task, MapTask) and task.in_sample(results)
+    ]
 
 
 def _where(results: dict) -> str:
@@ -42,35 +51,9 @@ def _check_sample(results: dict) -> None:
         raise ValueError(f"{_where(results)}: 'img' must be an H×W×3 array, got shape {shape}")
     if img.dtype != np.uint8:
         raise ValueError(f"{_where(results)}: 'img' must be uint8, got {img.dtype}")
-    height, width = img.shape[:2]
-    for key in MAP_KEYS:
-        if key in results and results[key].shape[:2] != (height, width):
-            raise ValueError(
-                f"{_where(results)}: {key} is {results[key].shape[:2]} but the image is "
-                f"{(height, width)}"
-            )
-    if ("gt_bboxes" in results) != ("gt_bboxes_labels" in results):
-        raise ValueError(f"{_where(results)}: gt_bboxes and gt_bboxes_labels must come together")
-    if "gt_bboxes" in results:
-        boxes = results["gt_bboxes"]
-        if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) != len(results["gt_bboxes_labels"]):
-            raise ValueError(
-                f"{_where(results)}: gt_bboxes {boxes.shape} does not match gt_bboxes_labels "
-                f"{results['gt_bboxes_labels'].shape}"
-            )
-        inside = (
-            (boxes[:, 0] >= 0)
-            & (boxes[:, 1] >= 0)
-            & (boxes[:, 2] <= width)
-            & (boxes[:, 3] <= height)
-            & (boxes[:, 0] < boxes[:, 2])
-            & (boxes[:, 1] < boxes[:, 3])
-        )
-        if not inside.all():
-            raise ValueError(
-                f"{_where(results)}: boxes {boxes[~inside].tolist()} are empty or leave the "
-                f"{width}×{height} image"
-            )
+    for task in map(get_task, task_names()):
+        if task.in_sample(results):
+            task.check(results, img.shape[:2], _where(results))
 
 
 def _apply_geometric(
@@ -78,29 +61,33 @@ def _apply_geometric(
 ) -> dict:
     """Run deterministic albumentations ``ops`` over the image, maps and boxes of ``results``.
 
-    Boxes are clipped to the output image and dropped, with their labels, when the visible
-    fraction of their area falls below ``min_visibility`` or their area is zero.
+    Maps use nearest interpolation; boxes are clipped to the output image and dropped, with
+    their labels, when the visible fraction of their area falls below ``min_visibility`` or
+    their area is zero.
     """
     _check_sample(results)
-    data = {"image": results["img"]}
-    data.update({key: results[key] for key in MAP_KEYS if key in results})
+    maps = [task.map_key for task in _map_tasks(results)]
+    box_tasks = _box_tasks(results)
+    if len(box_tasks) > 1:
+        raise ValueError(f"one box task per sample, found {[t.name for t in box_tasks]}")
+    data = {"image": results["img"], **{key: results[key] for key in maps}}
     bbox_params = None
-    if "gt_bboxes" in results:
-        data["bboxes"] = results["gt_bboxes"]
-        data["bbox_labels"] = results["gt_bboxes_labels"]
+    if box_tasks:
+        boxes_key, labels_key = box_tasks[0].raw_keys
+        data["bboxes"] = results[boxes_key]
+        data["bbox_labels"] = results[labels_key]
         bbox_params = A.BboxParams(
             format="pascal_voc", label_fields=["bbox_labels"], min_visibility=min_visibility
         )
     out = A.Compose(
-        list(ops), bbox_params=bbox_params, additional_targets=dict.fromkeys(MAP_KEYS, "mask")
+        list(ops), bbox_params=bbox_params, additional_targets=dict.fromkeys(maps, "mask")
     )(**data)
     results["img"] = out["image"]
-    for key in MAP_KEYS:
-        if key in results:
-            results[key] = out[key].astype(_MAP_DTYPES[key], copy=False)
-    if "gt_bboxes" in results:
-        results["gt_bboxes"] = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-        results["gt_bboxes_labels"] = np.asarray(out["bbox_labels"], dtype=np.int64)
+    for key in maps:
+        results[key] = out[key].astype(results[key].dtype, copy=False)
+    if box_tasks:
+        results[boxes_key] = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        results[labels_key] = np.asarray(out["bbox_labels"], dtype=np.int64)
     results["img_shape"] = results["pad_shape"] = results["img"].shape[:2]
     return results
 
@@ -113,9 +100,10 @@ def _rescale(results: dict, scale: float) -> dict:
     op = A.Resize(new_h, new_w, interpolation=interpolation, mask_interpolation=cv2.INTER_NEAREST)
     results = _apply_geometric(results, [op])
     w_scale, h_scale = new_w / width, new_h / height
-    if "gt_depth_map" in results:
-        # Rounding makes the two axes' zooms differ by < 1 px; depth follows their geometric mean.
-        results["gt_depth_map"] = results["gt_depth_map"] / np.float32(math.sqrt(w_scale * h_scale))
+    # Rounding makes the two axes' zooms differ by < 1 px; the physics follows their geometric mean.
+    for task in map(get_task, task_names()):
+        if task.in_sample(results):
+            task.after_zoom(results, math.sqrt(w_scale * h_scale))
     prev_w, prev_h = results.get("scale_factor", (1.0, 1.0))
     results["scale_factor"] = (prev_w * w_scale, prev_h * h_scale)
     return results
@@ -138,9 +126,8 @@ class Resize(BaseTransform):
     """Aspect-preserving resize by s = min(w / W, h / H) for ``scale`` = (w, h): the test-time
     resize.
 
-    The depth target is also kept as it was before the first ``Resize`` (``ori_gt_depth_map``,
-    original size, metres), which ``PackMTLInputs`` packs as ``gt_depth``: depth is evaluated
-    at ``ori_shape`` in the original image's metres, as mmseg evaluates at ``ori_shape``.
+    Before the first ``Resize``, each task keeps what it evaluates at the original size
+    (``Task.keep_original``: depth keeps ``ori_gt_depth_map``, in the original image's metres).
     """
 
     def __init__(self, scale: tuple[int, int]) -> None:
@@ -148,8 +135,9 @@ class Resize(BaseTransform):
 
     def transform(self, results: dict) -> dict:
         results.setdefault("ori_shape", results["img"].shape[:2])
-        if "gt_depth_map" in results:
-            results.setdefault("ori_gt_depth_map", results["gt_depth_map"])
+        for task in map(get_task, task_names()):
+            if task.in_sample(results):
+                task.keep_original(results)
         return _rescale(results, _fit_scale(results, self.scale))
 
 
@@ -172,7 +160,8 @@ class RandomResize(BaseTransform):
 class RandomCrop(BaseTransform):
     """Random ``crop_size`` = (h, w) window, after padding the bottom/right up to that size.
 
-    Padding writes ``PAD_VALUES`` and counts as image in ``img_shape``/``pad_shape`` (the crop
+    Padding writes black image and each task's ``pad_value`` (ignored labels, invalid depth and
+    normals), and counts as image in ``img_shape``/``pad_shape`` (the crop
     size). Boxes are clipped to the window and dropped with their labels when less than
     ``min_visibility`` of their area stays visible; ``min_visibility`` must be positive so that
     zero-area remnants are always dropped.
@@ -190,11 +179,11 @@ class RandomCrop(BaseTransform):
         height, width = results["img"].shape[:2]
         pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
         if pad_h or pad_w:
-            for key, value in PAD_VALUES.items():
-                if key in results:
-                    array = results[key]
-                    widths = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
-                    results[key] = np.pad(array, widths, constant_values=value)
+            pads = {"img": 0, **{task.map_key: task.pad_value for task in _map_tasks(results)}}
+            for key, value in pads.items():
+                array = results[key]
+                widths = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
+                results[key] = np.pad(array, widths, constant_values=value)
         rng = _global_rng()
         y0 = int(rng.integers(height + pad_h - crop_h + 1))
         x0 = int(rng.integers(width + pad_w - crop_w + 1))
@@ -204,7 +193,8 @@ class RandomCrop(BaseTransform):
 
 @TRANSFORMS.register_module()
 class RandomFlip(BaseTransform):
-    """Horizontal flip with probability ``prob``; normals' x is negated, ``flip`` toggles."""
+    """Horizontal flip with probability ``prob``; each task adds its physics
+    (``Task.after_flip``: normals' x is negated), ``flip`` toggles."""
 
     def __init__(self, prob: float = 0.5) -> None:
         self.prob = prob
@@ -215,10 +205,9 @@ class RandomFlip(BaseTransform):
         if _global_rng().random() >= self.prob:
             return results
         results = _apply_geometric(results, [A.HorizontalFlip(p=1.0)])
-        if "gt_normals_map" in results:
-            results["gt_normals_map"] = results["gt_normals_map"] * np.array(
-                [-1.0, 1.0, 1.0], dtype=np.float32
-            )
+        for task in map(get_task, task_names()):
+            if task.in_sample(results):
+                task.after_flip(results)
         results["flip"] = not results["flip"]
         results["flip_direction"] = "horizontal" if results["flip"] else None
         return results
@@ -275,9 +264,8 @@ class PhotoMetricDistortion(BaseTransform):
 class PackMTLInputs(BaseTransform):
     """Pack a sample into {'inputs': uint8 3×H×W tensor, 'data_samples': MTLDataSample}.
 
-    Only the tasks the sample provides become fields; a dataset with boxes always yields
-    ``gt_instances`` (0×4 when no box survived augmentation). ``gt_depth`` is the original
-    target that the test ``Resize`` kept, if it ran, else the transformed one.
+    Each task the sample provides becomes its field (``Task.pack``); a sample of a dataset
+    with boxes keeps ``gt_instances`` even when no box survived augmentation (0×4).
     """
 
     def __init__(
@@ -312,24 +300,7 @@ class PackMTLInputs(BaseTransform):
             if key in results or key in defaults
         }
         sample = MTLDataSample(metainfo=metainfo)
-        if "gt_bboxes" in results:
-            sample.gt_instances = InstanceData(
-                bboxes=torch.from_numpy(
-                    np.asarray(results["gt_bboxes"], np.float32).reshape(-1, 4)
-                ),
-                labels=torch.from_numpy(np.asarray(results["gt_bboxes_labels"], np.int64)),
-            )
-        if "gt_seg_map" in results:
-            sample.gt_sem_seg = PixelData(data=_chw(results["gt_seg_map"], np.int64))
-        if "gt_depth_map" in results:
-            depth = results.get("ori_gt_depth_map", results["gt_depth_map"])
-            sample.gt_depth = PixelData(data=_chw(depth, np.float32))
-        if "gt_normals_map" in results:
-            sample.gt_normals = PixelData(data=_chw(results["gt_normals_map"], np.float32))
-        return {"inputs": _chw(img, np.uint8), "data_samples": sample}
-
-
-def _chw(array: np.ndarray, dtype: type[np.generic]) -> torch.Tensor:
-    """H×W or H×W×C array → contiguous C×H×W tensor of ``dtype``."""
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+        for task in map(get_task, task_names()):
+            if task.in_sample(results):
+                setattr(sample, task.gt_field, task.pack(results))
+        return {"inputs": chw(img, np.uint8), "data_samples": sample}

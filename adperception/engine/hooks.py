@@ -8,9 +8,11 @@ import cv2
 import numpy as np
 import torch
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 
 from adperception.data.visualize import draw_sample, sample_stem
 from adperception.registry import HOOKS
+from adperception.tasks.base import get_task
 
 
 @HOOKS.register_module()
@@ -55,8 +57,8 @@ class RNGStateHook(Hook):
 @HOOKS.register_module()
 class PredictionPanelHook(Hook):
     """Writes, for the first ``num`` test images, a picture of the targets (top) above the
-    model's predictions (bottom): boxes scoring at least ``score_thr``, the segmentation overlay,
-    the depth colour map and the normals, drawn by ``adperception.data.visualize``."""
+    model's predictions (bottom), one tile per task of the model drawn by its task (boxes
+    scoring at least ``score_thr``), by ``adperception.data.visualize``."""
 
     def __init__(self, out_dir: str, num: int = 4, score_thr: float = 0.3) -> None:
         self.out_dir = out_dir
@@ -68,11 +70,7 @@ class PredictionPanelHook(Hook):
         if self._written >= self.num or outputs is None:
             return
         meta = runner.test_dataloader.dataset.metainfo
-        style = dict(
-            seg_classes=meta["classes"],
-            det_classes=meta.get("det_classes", ()),
-            palette=meta["palette"],
-        )
+        tasks = (runner.model.module if is_model_wrapper(runner.model) else runner.model).tasks
         os.makedirs(self.out_dir, exist_ok=True)
         for image, sample in zip(data_batch["inputs"], outputs, strict=True):
             if self._written >= self.num:
@@ -80,26 +78,18 @@ class PredictionPanelHook(Hook):
             h, w = sample.img_shape
             img = image[:, :h, :w].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
             truth, predicted = {"img": img}, {"img": img}
-            for field, key in (
-                ("sem_seg", "gt_seg_map"),
-                ("depth", "gt_depth_map"),
-                ("normals", "gt_normals_map"),
-            ):
-                for prefix, target in (("gt", truth), ("pred", predicted)):
-                    data = sample.get(f"{prefix}_{field}")
-                    if data is not None:
-                        array = data.data.cpu().numpy()
-                        array = array[0] if field != "normals" else array.transpose(1, 2, 0)
-                        target[key] = np.ascontiguousarray(array)
-            if "gt_instances" in sample:
-                truth["gt_bboxes"] = sample.gt_instances.bboxes.cpu().numpy()
-                truth["gt_bboxes_labels"] = sample.gt_instances.labels.cpu().numpy()
-            if "pred_instances" in sample:
-                keep = sample.pred_instances.scores >= self.score_thr
-                predicted["gt_bboxes"] = sample.pred_instances.bboxes[keep].cpu().numpy()
-                predicted["gt_bboxes_labels"] = sample.pred_instances.labels[keep].cpu().numpy()
+            for task in map(get_task, tasks):
+                if task.gt_field in sample:
+                    truth.update(task.unpack(sample.get(task.gt_field)))
+                if task.pred_field in sample:
+                    element = sample.get(task.pred_field)
+                    predicted.update(task.unpack(element, score_thr=self.score_thr))
             panel = np.concatenate(
-                [draw_sample(truth, **style), draw_sample(predicted, **style)], axis=0
+                [
+                    draw_sample(truth, metainfo=meta, tasks=tasks),
+                    draw_sample(predicted, metainfo=meta, tasks=tasks),
+                ],
+                axis=0,
             )
             path = os.path.join(self.out_dir, sample_stem(sample.img_path) + ".png")
             cv2.imwrite(path, panel[..., ::-1])

@@ -19,12 +19,9 @@ from numbers import Real
 
 from mmengine.config import Config
 
-from adperception.data.datasets.base import TASKS
 from adperception.errors import UserError
 from adperception.registry import BALANCERS, DATASETS, MODELS
-
-#: Head config key -> the dataset metainfo key whose length it must equal, per task.
-CLASS_KEYS = {"det": "det_classes", "seg": "classes"}
+from adperception.tasks.base import default_branches, get_task, task_names
 
 
 class ConfigError(UserError, ValueError):
@@ -97,13 +94,14 @@ def validate_config(cfg: Mapping, *, dataloaders: Sequence[str] = ("train_datalo
 
 def validate_model_tasks(model: Mapping, *, key: str = "model") -> None:
     """Check that every task in ``model.heads`` and ``model.backbone.branches`` is one of
-    ``TASKS`` and that every head's task has a branch; raise ``ConfigError`` otherwise."""
-    known = ", ".join(TASKS)
+    registered task and that every head's task has a branch; raise ``ConfigError`` otherwise."""
+    registered = task_names()
+    known = ", ".join(registered)
     heads = model.get("heads") or {}
     problems = [
         f"{key}.heads.{task}: unknown task '{task}' (tasks are {known})"
         for task in heads
-        if task not in TASKS
+        if task not in registered
     ]
     branches, branches_key = backbone_branches(model.get("backbone") or {}, f"{key}.backbone")
     if branches is not None:
@@ -111,14 +109,14 @@ def validate_model_tasks(model: Mapping, *, key: str = "model") -> None:
             f"{branches_key}.{group}: unknown task '{task}' (tasks are {known})"
             for group, tasks in branches.items()
             for task in tasks
-            if task not in TASKS
+            if task not in registered
         ]
         branched = {task for tasks in branches.values() for task in tasks}
         listing = ", ".join(f"{group}={list(tasks)}" for group, tasks in branches.items())
         problems += [
             f"{key}.heads.{task}: task '{task}' has no branch in {branches_key} ({listing})"
             for task in heads
-            if task in TASKS and task not in branched
+            if task in registered and task not in branched
         ]
     if problems:
         raise ConfigError("\n".join(problems))
@@ -177,7 +175,8 @@ def backbone_branches(backbone: Mapping, key: str) -> tuple[Mapping | None, str]
     default = inspect.signature(cls).parameters.get("branches")
     if default is None or default.default is inspect.Parameter.empty:
         return None, key
-    return default.default, f"{key}.branches (default of {backbone['type']})"
+    branches = default_branches() if default.default is None else default.default
+    return branches, f"{key}.branches (default of {backbone['type']})"
 
 
 def dataset_configs(dataset: Mapping, key: str) -> Iterator[tuple[str, Mapping]]:
@@ -204,11 +203,12 @@ def dataset_problems(heads: Mapping, dataset_cfg: Mapping, key: str) -> list[str
             f"model.heads.{task}: {key} ({dataset_type}, data_root '{dataset.data_root}') does "
             f"not provide task '{task}' (it provides {', '.join(provided) or 'none'})"
             for task in heads
-            if task in TASKS and task not in provided
+            if task in task_names() and task not in provided
         ]
-    for task, metainfo_key in CLASS_KEYS.items():
+    for task in heads:
+        metainfo_key = get_task(task).class_key if task in task_names() else None
         lacking = provided is not None and task not in provided
-        if task not in heads or metainfo_key not in dataset.metainfo or lacking:
+        if metainfo_key is None or metainfo_key not in dataset.metainfo or lacking:
             continue
         expected = len(dataset.metainfo[metainfo_key])
         for path, value in find_key(heads[task], "num_classes", f"model.heads.{task}"):

@@ -4,10 +4,9 @@ ONNX export and onnxruntime inference sharing the same pre- and post-processing.
 from adperception.export.api import draw_result, inference, init_model, load_exported
 from adperception.export.checkpoint import export_checkpoint, verify
 from adperception.export.onnx import OnnxModel, add_onnx, export_onnx
-from adperception.export.wrapper import OUTPUT_SPECS, InferenceModel, output_names
+from adperception.export.wrapper import InferenceModel, output_names, output_specs
 
 __all__ = [
-    "OUTPUT_SPECS",
     "InferenceModel",
     "OnnxModel",
     "add_onnx",
@@ -18,5 +17,6 @@ __all__ = [
     "init_model",
     "load_exported",
     "output_names",
+    "output_specs",
     "verify",
 ]

@@ -15,6 +15,7 @@ from adperception.export.checkpoint import load_inference_model
 from adperception.export.onnx import OnnxModel
 from adperception.export.postprocess import Image, postprocess, prepare
 from adperception.export.wrapper import InferenceModel
+from adperception.tasks.base import get_task
 
 
 def init_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> InferenceModel:
@@ -49,26 +50,13 @@ def inference(
 def draw_result(
     image: np.ndarray, result: Mapping[str, np.ndarray], meta: Mapping, *, score_thr: float = 0.3
 ) -> np.ndarray:
-    """uint8 RGB panel of ``result`` over ``image`` (``adperception.data.visualize``): boxes
-    scoring at least ``score_thr`` with labels, segmentation, depth and normals."""
+    """uint8 RGB panel of ``result`` over ``image`` (``adperception.data.visualize``), one tile
+    per task of the model: boxes scoring at least ``score_thr`` with labels, class overlays,
+    depth and normals."""
     sample: dict[str, np.ndarray] = {"img": image}
-    if "boxes" in result:
-        keep = result["scores"] >= score_thr
-        sample["gt_bboxes"] = result["boxes"][keep]
-        sample["gt_bboxes_labels"] = result["labels"][keep]
-    for key, field in (
-        ("seg", "gt_seg_map"),
-        ("depth", "gt_depth_map"),
-        ("normals", "gt_normals_map"),
-    ):
-        if key in result:
-            sample[field] = result[key]
-    return draw_sample(
-        sample,
-        seg_classes=meta["seg_classes"],
-        det_classes=meta["det_classes"],
-        palette=meta["palette"],
-    )
+    for task in map(get_task, meta["tasks"]):
+        sample.update(task.result_to_sample(result, score_thr=score_thr))
+    return draw_sample(sample, metainfo=meta["metainfo"], tasks=meta["tasks"])
 
 
 def load_exported(

@@ -6,7 +6,7 @@ Files:
                            training checkpoint;
     ``config.json``        the resolved mmengine config (``cfg.to_dict()``), to rebuild the model;
     ``meta.json``          what inference needs around the network: tasks, output names, class
-                           names and palette, normalisation, size policy, detection post-processing;
+                           names and palette, normalisation, size policy, per-task post-processing;
     ``manifest.json``      library versions and the sha256 of every other file of the directory.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,15 +29,17 @@ from safetensors import SafetensorError
 
 import adperception
 from adperception.engine import check_state_dict_fits, read_checkpoint, setup_runtime
-from adperception.export.wrapper import OUTPUT_SPECS, InferenceModel, output_names
+from adperception.export.wrapper import InferenceModel, output_specs
 from adperception.models.multitask import MultiTaskModel
 from adperception.registry import DATASETS, MODELS
+from adperception.tasks.base import get_task
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 META = "meta.json"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+#: 2: ``meta.json`` keyed by task (``metainfo``, ``det``, ``depth``), from the task registry.
+FORMAT_VERSION = 2
 
 
 def _to_json(value: object) -> object:
@@ -72,12 +73,15 @@ def build_meta(cfg: Config, model: MultiTaskModel) -> dict:
         raise ValueError(f"test_dataloader.dataset.type {dataset_type!r} is not registered")
     metainfo = {**dataset_cls.METAINFO, **dataset_cfg.get("metainfo", {})}
     preprocessor = cfg.model.data_preprocessor
+    tasks = [get_task(name) for name in model.tasks]
     meta = {
         "tasks": list(model.tasks),
-        "outputs": {name: OUTPUT_SPECS[name][1] for name in output_names(model.tasks)},
-        "seg_classes": list(metainfo.get("classes", ())),
-        "det_classes": list(metainfo.get("det_classes", ())),
-        "palette": [list(map(int, colour)) for colour in metainfo.get("palette", ())],
+        "outputs": output_specs(model.tasks),
+        # The metainfo the pictures need: each task's class names, and the dataset's palette.
+        "metainfo": {
+            **{task.class_key: list(task.classes(metainfo)) for task in tasks if task.class_key},
+            "palette": [list(map(int, colour)) for colour in metainfo.get("palette", ())],
+        },
         "normalisation": {
             "mean": [float(v) for v in preprocessor["mean"]],
             "std": [float(v) for v in preprocessor["std"]],
@@ -90,21 +94,10 @@ def build_meta(cfg: Config, model: MultiTaskModel) -> dict:
             "pad_value": float(preprocessor.get("pad_value", 0)),
         },
     }
-    if "det" in model.heads:
-        bbox_head = model.heads["det"].detector.bbox_head
-        meta["detection"] = {
-            "use_sigmoid": bool(bbox_head.loss_cls.use_sigmoid),
-            "num_classes": int(bbox_head.num_classes),
-            "max_per_img": int(
-                bbox_head.test_cfg.get("max_per_img", model.heads["det"].detector.num_queries)
-            ),
-        }
-    if "depth" in model.heads:  # predict clamps to the head's caps; so does inference
-        head = model.heads["depth"]
-        meta["depth"] = {
-            "min_depth": float(head.min_depth),
-            "max_depth": None if math.isinf(head.max_depth) else float(head.max_depth),
-        }
+    for task in tasks:
+        task_meta = task.export_meta(model.heads[task.name])
+        if task_meta is not None:
+            meta[task.name] = task_meta
     return meta
 
 
@@ -206,6 +199,12 @@ def verify(out_dir: str | os.PathLike) -> dict:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: no manifest; not an exported checkpoint")
     manifest = json.loads(manifest_path.read_text())
+    found = manifest.get("format_version")
+    if found != FORMAT_VERSION:
+        raise ValueError(
+            f"{manifest_path}: export format {found}, this version reads {FORMAT_VERSION}; "
+            "export the training checkpoint again with tools/export.py"
+        )
     for name, digest in manifest["sha256"].items():
         path = out / name
         if not path.is_file():

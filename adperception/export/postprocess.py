@@ -3,10 +3,11 @@ batch (``prepare``), raw outputs → results at the original image size (``postp
 
 The forward rules mirror the test pipeline and the data preprocessor: the test pipeline's own
 ``Resize`` (s = min(w / W, h / H) for scale (w, h)), normalisation, zero padding bottom/right to
-a multiple of 32. The inverse rules mirror ``MultiTaskModel.predict`` and then undo the zoom:
-maps are upsampled to the padded size, cropped to the resized image and resized bilinearly to
-the original size; boxes are divided by the zoom and metric depth multiplied by it (training
-divides depth by the zoom, so a prediction at zoom s is the true depth / s).
+a multiple of 32. The inverse rules are each task's (``Task.postprocess``): they mirror
+``MultiTaskModel.predict`` and then undo the zoom: maps are upsampled to the padded size,
+cropped to the resized image and resized bilinearly to the original size; boxes are divided by
+the zoom and metric depth multiplied by it (training divides depth by the zoom, so a prediction
+at zoom s is the true depth / s).
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from torch import Tensor
 
-from adperception.models.heads.dense import upsample
 from adperception.registry import TRANSFORMS
+from adperception.tasks.base import get_task
 
 Image = str | os.PathLike | np.ndarray
 
@@ -84,78 +84,15 @@ def prepare(image: Image, meta: Mapping, *, pad_to: tuple[int, int] | None = Non
     )
 
 
-def detections(
-    logits: Tensor,
-    boxes: Tensor,
-    *,
-    img_shape: tuple[int, int],
-    use_sigmoid: bool,
-    num_classes: int,
-    max_per_img: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """mmdet's ``DETRHead._predict_by_feat_single`` (rescale=False) for one image's Q×K logits
-    and Q×4 normalised cxcywh boxes: (xyxy boxes in ``img_shape`` pixels, scores, labels).
-
-    Sigmoid heads (DAB-DETR, Conditional DETR, Deformable DETR, DINO): top-k of the flattened
-    Q×K scores; softmax DETR: softmax over K + 1, background dropped, best class per query.
-    """
-    if use_sigmoid:
-        scores, indexes = logits.sigmoid().view(-1).topk(max_per_img)
-        labels = indexes % num_classes
-        boxes = boxes[indexes // num_classes]
-    else:
-        scores, labels = F.softmax(logits, dim=-1)[..., :-1].max(-1)
-        scores, index = scores.topk(max_per_img)
-        boxes, labels = boxes[index], labels[index]
-    xyxy = bbox_cxcywh_to_xyxy(boxes)
-    height, width = img_shape
-    xyxy[:, 0::2] = (xyxy[:, 0::2] * width).clamp(min=0, max=width)
-    xyxy[:, 1::2] = (xyxy[:, 1::2] * height).clamp(min=0, max=height)
-    return xyxy, scores, labels
-
-
-def _restore(output: Tensor, prepared: Prepared) -> Tensor:
-    """C×h4×w4 map → C×H×W at the original size: upsample to the padded input, crop the
-    resized image, resize bilinearly to the original."""
-    padded = upsample(output[None].float(), prepared.batch.shape[-2:])
-    height, width = prepared.resized_shape
-    crop = padded[..., :height, :width]
-    shape = prepared.image.shape[:2]
-    return (crop if crop.shape[-2:] == shape else upsample(crop, shape))[0]
-
-
 def postprocess(
     outputs: Mapping[str, Tensor | np.ndarray], index: int, prepared: Prepared, meta: Mapping
 ) -> dict[str, np.ndarray]:
-    """Results of image ``index`` of a batch's raw ``outputs`` (torch or onnxruntime arrays):
-    ``boxes`` N×4 xyxy px, ``scores``, ``labels``, ``seg`` H×W train ids, ``depth`` H×W m,
-    ``normals`` H×W×3 unit vectors, for the tasks the model has, at the original size."""
+    """Results of image ``index`` of a batch's raw ``outputs`` (torch or onnxruntime arrays), at
+    the original size, for the tasks the model has (``Task.postprocess``): ``boxes`` N×4 xyxy
+    px, ``scores``, ``labels``; ``seg`` H×W train ids; ``depth`` H×W m; ``normals`` H×W×3 unit
+    vectors; and the keys of any other task."""
     raw = {name: torch.as_tensor(value[index]) for name, value in outputs.items()}
-    w_scale, h_scale = prepared.scale_factor
     results: dict[str, np.ndarray] = {}
-    if "det_logits" in raw:
-        det = meta["detection"]
-        boxes, scores, labels = detections(
-            raw["det_logits"].float(),
-            raw["det_boxes"].float(),
-            img_shape=prepared.resized_shape,
-            use_sigmoid=det["use_sigmoid"],
-            num_classes=det["num_classes"],
-            max_per_img=det["max_per_img"],
-        )
-        boxes = boxes / boxes.new_tensor([w_scale, h_scale, w_scale, h_scale])
-        results.update(boxes=boxes.numpy(), scores=scores.numpy(), labels=labels.numpy())
-    if "seg_logits" in raw:
-        results["seg"] = _restore(raw["seg_logits"], prepared).argmax(dim=0).numpy()
-    if "depth" in raw:
-        # The axes' zooms differ by rounding; depth follows their geometric mean, as in training.
-        zoom = math.sqrt(w_scale * h_scale)
-        depth = _restore(raw["depth"], prepared)[0] * zoom
-        caps = meta.get("depth")  # the head's [min_depth, max_depth]; older exports have none
-        if caps is not None:
-            depth = depth.clamp(caps["min_depth"], caps["max_depth"])
-        results["depth"] = depth.numpy()
-    if "normals" in raw:
-        normals = F.normalize(_restore(raw["normals"], prepared), dim=0)
-        results["normals"] = normals.permute(1, 2, 0).contiguous().numpy()
+    for task in map(get_task, meta["tasks"]):
+        results.update(task.postprocess(raw, prepared, meta))
     return results

@@ -8,13 +8,12 @@ from collections.abc import Sequence
 import torch
 from mmengine.logging import MMLogger, print_log
 from mmengine.model import ModuleDict
-from mmengine.structures import InstanceData, PixelData
 from torch import Tensor, nn
 
-from adperception.data.datasets.base import TASKS
 from adperception.data.structures import MTLDataSample
 from adperception.models.base import MultiTaskBaseModel
 from adperception.registry import MODELS
+from adperception.tasks.base import get_task, task_names, tasks_in_order
 
 
 def _count(module: nn.Module) -> int:
@@ -23,13 +22,15 @@ def _count(module: nn.Module) -> int:
 
 @MODELS.register_module()
 class MultiTaskModel(MultiTaskBaseModel):
-    """Detection, segmentation, depth and normals from one partially shared network.
+    """Every task of ``heads`` (detection, segmentation, depth, normals, ...) from one partially
+    shared network.
 
     Args:
         backbone: a ``BranchedBackbone`` config; its ``branches`` decide which tasks share which
             later stages, and so which neck feeds which head.
         neck: one neck config (``in_channels`` is filled from the backbone), built per group.
-        heads: ``{task: head config}`` for the tasks to train; a subset of ``TASKS``.
+        heads: ``{task: head config}`` for the tasks to train, each a registered task
+            (``adperception.tasks``); they are kept in registration order.
         balancer: how the task losses are balanced (``adperception.balancing``); the default
             is uncertainty weighting escalating to PCGrad.
         data_preprocessor: normalises and pads the batch (mmdet's ``DetDataPreprocessor``).
@@ -49,11 +50,13 @@ class MultiTaskModel(MultiTaskBaseModel):
         init_cfg: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        unknown = sorted(set(heads) - set(TASKS))
+        unknown = sorted(set(heads) - set(task_names()))
         if unknown:
-            raise ValueError(f"model.heads: unknown task(s) {unknown}; known tasks are {TASKS}")
+            raise ValueError(
+                f"model.heads: unknown task(s) {unknown}; known tasks are {task_names()}"
+            )
         self.backbone = MODELS.build(backbone)
-        self.tasks = tuple(task for task in TASKS if task in heads)
+        self.tasks = tasks_in_order(heads)
         without_branch = [t for t in self.tasks if t not in self.backbone.task_groups]
         if without_branch:
             raise ValueError(
@@ -142,17 +145,8 @@ class MultiTaskModel(MultiTaskBaseModel):
                 scale_factor=(1.0, 1.0),
             )
             sample = MTLDataSample(metainfo=meta)
-            sample.gt_instances = InstanceData(
-                bboxes=torch.tensor([[32.0, 32.0, 160.0, 192.0]], device=device),
-                labels=torch.zeros(1, dtype=torch.long, device=device),
-            )
-            sample.gt_sem_seg = PixelData(
-                data=torch.zeros(1, size, size, dtype=torch.long, device=device)
-            )
-            sample.gt_depth = PixelData(data=torch.full((1, size, size), 5.0, device=device))
-            normals = torch.zeros(3, size, size, device=device)
-            normals[1] = -1.0
-            sample.gt_normals = PixelData(data=normals)
+            for task in map(get_task, self.tasks):
+                setattr(sample, task.gt_field, task.probe_target(size, device))
             samples.append(sample)
         return inputs, samples
 

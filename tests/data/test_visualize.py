@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 from matplotlib import colormaps
 
-from adperception.data.visualize import BOX_COLOURS, draw_sample, sample_stem
+from adperception.data.drawing import BOX_COLOURS
+from adperception.data.visualize import draw_sample, sample_stem
 from tests.data import fixtures
 from tests.data.fixtures import H, W
 
@@ -19,6 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("road", "car")
 PALETTE = ((128, 64, 128), (0, 0, 142))
 DET_CLASSES = ("person", "car")
+META = {"classes": CLASSES, "palette": PALETTE, "det_classes": DET_CLASSES}
+FOUR = ("det", "seg", "depth", "normals")
 
 
 def full_sample(h: int = 96, w: int = 128) -> dict:
@@ -50,7 +53,7 @@ def tiles(panel: np.ndarray, h: int, w: int) -> list[np.ndarray]:
 def test_panel_tiles_show_each_target() -> None:
     sample = full_sample()
     img = sample["img"]
-    panel = draw_sample(sample, seg_classes=CLASSES, det_classes=DET_CLASSES, palette=PALETTE)
+    panel = draw_sample(sample, metainfo=META, tasks=FOUR)
     assert panel.dtype == np.uint8 and panel.shape == (2 * 96, 2 * 128, 3)
     boxes, seg, depth, normals = tiles(panel, 96, 128)
 
@@ -74,7 +77,7 @@ def test_panel_tiles_show_each_target() -> None:
 
 def test_absent_tasks_show_the_image() -> None:
     img = full_sample()["img"]
-    panel = draw_sample({"img": img}, seg_classes=CLASSES, det_classes=(), palette=PALETTE)
+    panel = draw_sample({"img": img}, metainfo=META, tasks=FOUR)
     for tile in tiles(panel, 96, 128):
         np.testing.assert_array_equal(tile[48:], img[48:])
         assert not np.array_equal(tile[:10, :40], img[:10, :40])  # the "no <task>" caption

@@ -185,6 +185,6 @@ def test_head_rejects_bad_caps_and_a_target_off_the_image() -> None:
 def test_panel_draws_a_depth_map_at_the_original_size() -> None:
     """A test sample's depth (original size) over its resized image, as tools/test.py draws."""
     depth = np.linspace(1.0, 50.0, 16 * 32, dtype=np.float32).reshape(16, 32)
-    style = dict(seg_classes=(), det_classes=(), palette=())
+    style = dict(metainfo={}, tasks=("det", "seg", "depth", "normals"))
     panel = draw_sample({"img": np.zeros((8, 16, 3), np.uint8), "gt_depth_map": depth}, **style)
     assert panel.shape == (16, 32, 3)

@@ -362,5 +362,5 @@ def test_target_without_prediction_and_shape_mismatch_raise() -> None:
     with pytest.raises(ValueError, match="seg prediction"):
         s = sample(2, 2, gt_sem_seg=torch.zeros(1, 2, 2), pred_sem_seg=torch.zeros(1, 2, 3))
         metric.process({}, [s])
-    with pytest.raises(ValueError, match="unknown tasks"):
+    with pytest.raises(ValueError, match="unknown task .flow."):
         MultiTaskMetric(tasks=("det", "flow"))

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adperception.export.postprocess import detections
-from adperception.export.wrapper import padding_mask
+from adperception.tasks.det import detections, padding_mask
 from tests.models.test_detection_head import (
     DETECTORS,
     NUM_CLASSES,

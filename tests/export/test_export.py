@@ -186,15 +186,16 @@ def test_directory_holds_weights_config_metadata_and_checksums(setup: dict) -> N
     for key, value in weights.items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["det_classes"] == list(SynthDrive.METAINFO["det_classes"])
-    assert meta["seg_classes"] == list(SynthDrive.METAINFO["classes"])
+    assert meta["metainfo"]["det_classes"] == list(SynthDrive.METAINFO["det_classes"])
+    assert meta["metainfo"]["classes"] == list(SynthDrive.METAINFO["classes"])
+    assert meta["outputs"].keys() == {"det_logits", "det_boxes", "seg_logits", "depth", "normals"}
     assert meta["normalisation"] == {  # EfficientNet-Lite's ImageNet inputs: [-1, 1]
         "mean": [127.5, 127.5, 127.5],
         "std": [127.5, 127.5, 127.5],
         "rgb": True,
     }
     assert meta["size"] == {"resize": [SIZE[1], SIZE[0]], "pad_size_divisor": 32, "pad_value": 0}
-    assert meta["detection"] == {"use_sigmoid": True, "num_classes": 8, "max_per_img": 100}
+    assert meta["det"] == {"use_sigmoid": True, "num_classes": 8, "max_per_img": 100}
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["backbone"]["model_name"] == "tf_efficientnet_lite0"
 

@@ -338,7 +338,12 @@ def test_invalid_configurations_are_rejected(kwargs: dict, error: type[Exception
 
 def test_built_from_the_registry() -> None:
     backbone = MODELS.build(
-        {"type": "BranchedBackbone", "model_name": CONVNEXT, "adapter": {"type": "lora"}}
+        {
+            "_scope_": "adperception",  # independent of the default scope other tests leave
+            "type": "BranchedBackbone",
+            "model_name": CONVNEXT,
+            "adapter": {"type": "lora"},
+        }
     )
     assert isinstance(backbone, BranchedBackbone)
     assert backbone.out_channels == (40, 80, 160, 320)

@@ -116,7 +116,7 @@ def test_sum_requires_each_task_once() -> None:
     row["device"] = "cpu"
     records = [dict(row, config=t, tasks=[t]) for t in ("det", "seg", "depth", "depth")]
     with pytest.raises(ValueError, match="not each of"):
-        bench.sum_of_single_task(records)
+        bench.sum_of_single_task(records, ("det", "seg", "depth", "normals"))
 
 
 def test_balancers_reports_every_method_against_equal_weighting(tmp_path: Path) -> None:

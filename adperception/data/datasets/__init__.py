@@ -1,6 +1,7 @@
 """Registered datasets of the data contract; importing this package registers them."""
 
-from adperception.data.datasets.base import TASKS, MTLDataset, build_pipeline
+from adperception.data.datasets.base import MTLDataset, build_pipeline
+from adperception.data.datasets.bdd100k import BDD100KMTL
 from adperception.data.datasets.cityscapes import CityscapesMTL
 from adperception.data.datasets.digits import DigitsMTL
 from adperception.data.datasets.mnist import MNISTMTL
@@ -8,7 +9,7 @@ from adperception.data.datasets.nyuv2 import NYUv2MTL
 from adperception.data.datasets.synthdrive import SynthDrive
 
 __all__ = [
-    "TASKS",
+    "BDD100KMTL",
     "CityscapesMTL",
     "DigitsMTL",
     "MNISTMTL",

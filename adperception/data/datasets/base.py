@@ -6,14 +6,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 
-import numpy as np
 from mmengine.dataset import BaseDataset, force_full_init
 
-from adperception.data.formats import DataFileError
+from adperception.data.formats import DataFileError, check_size  # noqa: F401  (re-export)
 from adperception.registry import TRANSFORMS
-
-#: Task names, in the order the model and the tools list them.
-TASKS = ("det", "seg", "depth", "normals")
 
 
 def build_pipeline(pipeline: Iterable[dict | Callable]) -> list[Callable]:
@@ -29,15 +25,6 @@ def build_pipeline(pipeline: Iterable[dict | Callable]) -> list[Callable]:
         TRANSFORMS.build({"_scope_": "adperception", **step}) if isinstance(step, dict) else step
         for step in steps
     ]
-
-
-def check_size(path: str, array: np.ndarray, image_shape: tuple[int, int] | None) -> None:
-    """Raise ``DataFileError`` when a decoded map's H×W differs from the image's."""
-    if image_shape is not None and tuple(array.shape[:2]) != tuple(image_shape):
-        h, w = array.shape[:2]
-        raise DataFileError(
-            f"{path}: size {h}x{w} differs from the image's {image_shape[0]}x{image_shape[1]}"
-        )
 
 
 def missing_files_error(kind: str, missing: Sequence[str], total: int) -> DataFileError:
@@ -73,7 +60,7 @@ class MTLDataset(BaseDataset):
     @property
     @force_full_init
     def tasks(self) -> tuple[str, ...]:
-        """The tasks whose targets every sample carries (a subset of ``TASKS``)."""
+        """The registered tasks (``adperception.tasks``) whose targets the dataset provides."""
         return self._tasks
 
     def get_raw_sample(self, idx: int) -> dict:

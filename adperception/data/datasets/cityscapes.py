@@ -24,6 +24,7 @@ from adperception.data.datasets.base import (
 )
 from adperception.data.formats import DataFileError, read_png
 from adperception.registry import DATASETS
+from adperception.tasks.base import layout_files
 
 SEG_CLASSES: tuple[str, ...] = tuple(
     label.name for label in sorted(labels, key=lambda x: x.trainId) if 0 <= label.trainId < 255
@@ -51,8 +52,8 @@ DET_CLASS_LUT = np.full(MAX_CLASS_ID + 1, -1, dtype=np.int64)
 for _index, _name in enumerate(DET_CLASSES):
     DET_CLASS_LUT[name2label[_name].id] = _index
 
-#: Sample dict key of each file kind's path, and the file kinds in reading order.
-KINDS = {
+#: Sample dict key of each official file kind's path, and the file kinds in reading order.
+OFFICIAL_KINDS = {
     "img_path": formats.IMAGE_SUFFIX,
     "label_ids_path": formats.LABEL_IDS_SUFFIX,
     "instance_ids_path": formats.INSTANCE_IDS_SUFFIX,
@@ -60,7 +61,7 @@ KINDS = {
     "camera_path": formats.CAMERA_SUFFIX,
     "normals_path": formats.NORMALS_SUFFIX,
 }
-TASK_OF_KIND = {
+OFFICIAL_TASK_OF_KIND = {
     "instance_ids_path": "det",
     "label_ids_path": "seg",
     "disparity_path": "depth",
@@ -68,16 +69,33 @@ TASK_OF_KIND = {
 }
 
 
+def kinds() -> dict[str, str]:
+    """Path key → suffix of every file kind: the official ones, then the registered tasks'
+    (``Task.layout_files``)."""
+    return {**OFFICIAL_KINDS, **{key: file.suffix for key, (_, file) in layout_files().items()}}
+
+
+def task_of_kind() -> dict[str, str]:
+    """Path key → the task its file labels."""
+    extra = {key: task.name for key, (task, _) in layout_files().items()}
+    return {**OFFICIAL_TASK_OF_KIND, **extra}
+
+
+def folders() -> dict[str, str]:
+    """Suffix → the folder under the dataset root of its files."""
+    return {**formats.FOLDERS, **{file.suffix: file.folder for _, file in layout_files().values()}}
+
+
 def sample_path(root: str, split: str, city: str, stem: str, suffix: str) -> str:
-    """Where the official layout keeps the ``suffix`` file of sample ``stem``."""
-    return os.path.join(root, formats.FOLDERS[suffix], split, city, stem + suffix)
+    """Where the layout keeps the ``suffix`` file of sample ``stem``."""
+    return os.path.join(root, folders()[suffix], split, city, stem + suffix)
 
 
 def scan_split(root: str, split: str) -> dict[tuple[str, str], dict[str, str]]:
     """Existing files of one split: ``(city, stem) -> {kind key: path}``, sorted by city, stem."""
     found: dict[tuple[str, str], dict[str, str]] = {}
-    for key, suffix in KINDS.items():
-        pattern = os.path.join(root, formats.FOLDERS[suffix], split, "*", "*" + suffix)
+    for key, suffix in kinds().items():
+        pattern = os.path.join(root, folders()[suffix], split, "*", "*" + suffix)
         for path in glob.glob(pattern):
             city = os.path.basename(os.path.dirname(path))
             stem = os.path.basename(path)[: -len(suffix)]
@@ -224,13 +242,14 @@ class CityscapesMTL(MTLDataset):
             raise DataFileError(f"{image_dir}: no {{city}}/*{formats.IMAGE_SUFFIX} files")
         present = [
             key
-            for key in KINDS
+            for key in kinds()
             if key != "camera_path" and any(key in files for _, files in samples)
         ]
         for key in present:
-            missing = [self._path(k, KINDS[key]) for k, files in samples if key not in files]
+            suffix = kinds()[key]
+            missing = [self._path(k, suffix) for k, files in samples if key not in files]
             if missing:
-                raise missing_files_error(KINDS[key], missing, len(samples))
+                raise missing_files_error(suffix, missing, len(samples))
         if "disparity_path" in present:
             no_camera = [
                 (files["disparity_path"], self._path(key, formats.CAMERA_SUFFIX))
@@ -244,11 +263,11 @@ class CityscapesMTL(MTLDataset):
                     f"({len(no_camera)} of {len(samples)} samples lack one)"
                 )
             present.append("camera_path")
-        self._tasks = tuple(task for key, task in TASK_OF_KIND.items() if key in present)
+        self._tasks = tuple(task for key, task in task_of_kind().items() if key in present)
         for task in self.REQUIRED_TASKS:
             if task not in self._tasks:
-                kind = next(key for key, t in TASK_OF_KIND.items() if t == task)
-                folder = os.path.join(self.data_root, formats.FOLDERS[KINDS[kind]], self.split)
+                kind = next(key for key, t in task_of_kind().items() if t == task)
+                folder = os.path.join(self.data_root, folders()[kinds()[kind]], self.split)
                 raise DataFileError(f"{folder}: {type(self).__name__} needs {task}, none found")
         return [{key: files[key] for key in present} for _, files in samples]
 
@@ -277,4 +296,7 @@ class CityscapesMTL(MTLDataset):
             sample["gt_depth_map"] = formats.disparity_png_to_depth(code, baseline, fx)
         if "normals_path" in info:
             sample["gt_normals_map"] = read_normals(info["normals_path"], shape)
+        for key, (task, file) in layout_files().items():
+            if key in info:
+                sample[task.raw_keys[0]] = file.read(info[key], shape)
         return sample

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from adperception.models.backbones import efficientnet
 from adperception.models.layers.adapters import adapter_parameters, add_adapters
 from adperception.registry import MODELS
+from adperception.tasks.base import default_branches
 
 STRIDES = (4, 8, 16, 32)
-DEFAULT_BRANCHES = MappingProxyType({"semantic": ("det", "seg"), "geometric": ("depth", "normals")})
 DEFAULT_ADAPTER = MappingProxyType({"type": "bottleneck", "reduction": 4})
 
 
@@ -174,7 +174,7 @@ class BranchedBackbone(nn.Module):
         model_name: str = "convnext_tiny",
         pretrained: str | None = None,
         shared_stages: int = 2,
-        branches: Mapping[str, Sequence[str]] = DEFAULT_BRANCHES,
+        branches: Mapping[str, Sequence[str]] | None = None,
         adapter: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = DEFAULT_ADAPTER,
         freeze_backbone: bool = False,
         norm_eval: bool = True,
@@ -184,6 +184,8 @@ class BranchedBackbone(nn.Module):
         super().__init__()
         if not 0 <= shared_stages <= len(STRIDES):
             raise ValueError(f"shared_stages must be in 0..{len(STRIDES)}, got {shared_stages}")
+        if branches is None:
+            branches = default_branches()
         self.groups: tuple[str, ...] = tuple(branches)
         self.task_groups: dict[str, str] = _task_groups(branches)
         self.shared_stages = shared_stages

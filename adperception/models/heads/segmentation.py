@@ -1,4 +1,5 @@
-"""Semantic segmentation head: mmseg's Semantic-FPN decode head and its loss."""
+"""Per-pixel classification head (semantic segmentation, drivable area, lane markings): mmseg's
+Semantic-FPN decode head and its loss."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from torch import Tensor
 from adperception.data.structures import MTLDataSample
 from adperception.models.heads.dense import FEATURE_STRIDES, crop_to_samples, gather_targets
 from adperception.registry import MODELS
-
-IGNORE_INDEX = 255
+from adperception.tasks.base import get_task
+from adperception.tasks.label_map import IGNORE_INDEX, LabelMapTask
 
 
 @MODELS.register_module()
@@ -27,14 +28,20 @@ class SegmentationHead(BaseModule):
     ``loss_by_feat`` (logits resized to the targets, cross-entropy averaged over non-ignored
     pixels) on targets padded to (Hp, Wp) with 255, as mmseg's own preprocessor would pad them.
     ``loss_decode`` is built in mmseg's scope, so plain mmseg loss names resolve.
-    """
 
-    task = "seg"
+    Args:
+        task: the class-map task it serves (``seg``, ``drivable``, ``lanes``): its target and
+            prediction fields come from the task registry.
+        binary: train "any class" against class 0 (``num_classes`` 2): every labelled target id
+            above 0 becomes 1, e.g. lane / no lane from a map of lane categories.
+    """
 
     def __init__(
         self,
         *,
         in_channels: int,
+        task: str = "seg",
+        binary: bool = False,
         channels: int,
         num_classes: int = 19,
         dropout_ratio: float = 0.1,
@@ -42,6 +49,12 @@ class SegmentationHead(BaseModule):
         loss_decode: dict | Sequence[dict] | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(get_task(task), LabelMapTask):
+            raise ValueError(f"SegmentationHead: '{task}' is not a per-pixel classification task")
+        if binary and num_classes != 2:
+            raise ValueError(f"SegmentationHead: binary needs num_classes=2, got {num_classes}")
+        self.task = task
+        self.binary = binary
         if loss_decode is None:
             loss_decode = dict(
                 type="mmseg.CrossEntropyLoss",
@@ -74,16 +87,18 @@ class SegmentationHead(BaseModule):
     def loss_by_feat(
         self, logits: Tensor, data_samples: Sequence[MTLDataSample]
     ) -> dict[str, Tensor]:
-        """mmseg's loss terms (``loss_ce`` by default) of ``logits`` against ``gt_sem_seg``;
+        """mmseg's loss terms (``loss_ce`` by default) of ``logits`` against the task's target;
         mmseg's ``acc_seg`` is dropped, since every returned key is a loss to sum."""
         labels = gather_targets(
             data_samples,
-            "gt_sem_seg",
+            get_task(self.task).gt_field,
             channels=1,
             pad_value=IGNORE_INDEX,
             dtype=torch.int64,
             device=logits.device,
         )
+        if self.binary:
+            labels = torch.where((labels > 0) & (labels != IGNORE_INDEX), 1, labels)
         padded = [SegDataSample(gt_sem_seg=PixelData(data=label)) for label in labels]
         losses = self.decode_head.loss_by_feat(logits.float(), padded)
         return {key: value for key, value in losses.items() if key.startswith("loss")}
@@ -92,6 +107,7 @@ class SegmentationHead(BaseModule):
         self.predict_by_feat(self(feats), data_samples)
 
     def predict_by_feat(self, logits: Tensor, data_samples: Sequence[MTLDataSample]) -> None:
-        """Set ``pred_sem_seg`` (1×h×w int64 train ids at ``img_shape``) on each sample."""
+        """Set the task's prediction (1×h×w int64 class ids at ``img_shape``) on each sample."""
+        field = get_task(self.task).pred_field
         for sample, crop in crop_to_samples(logits, data_samples):
-            sample.pred_sem_seg = PixelData(data=crop.argmax(dim=0, keepdim=True))
+            setattr(sample, field, PixelData(data=crop.argmax(dim=0, keepdim=True)))
