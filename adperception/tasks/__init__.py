@@ -8,10 +8,14 @@ from adperception.tasks.det import Detection
 from adperception.tasks.seg import Segmentation
 from adperception.tasks.depth import Depth
 from adperception.tasks.normals import Normals
+from adperception.tasks.drivable import DrivableArea
+from adperception.tasks.lanes import LaneMarking
 
 __all__ = [
     "Depth",
     "Detection",
+    "DrivableArea",
+    "LaneMarking",
     "MapTask",
     "Normals",
     "Segmentation",

@@ -11,6 +11,7 @@ import pytest
 
 from adperception.data import formats
 from adperception.data.check import MAX_INSTANCE_SHARE, largest_instance
+from adperception.data.datasets import SynthDrive
 from adperception.data.formats import INSTANCE_OFFSET
 from adperception.data.synth import (
     Camera,
@@ -29,7 +30,14 @@ H, W = 64, 128
 
 
 def empty_scene(camera: Camera, *objects: SceneObject) -> Scene:
-    ground = Ground(road=(-4.0, 3.0), sidewalk=(-7.0, 6.0), lane_lines=(-0.5,))
+    # Two travel lanes split at x = -0.5, the ego car in the right one; parking strips beyond.
+    ground = Ground(
+        road=(-4.0, 3.0),
+        sidewalk=(-7.0, 6.0),
+        lane_lines=(-0.5,),
+        travel=(-3.5, 2.5),
+        ego_lane=(-0.5, 2.5),
+    )
     return Scene(
         camera=camera,
         ground=ground,
@@ -75,6 +83,44 @@ def test_ground_plane_depth_normals_and_labels_match_closed_form(pitch: float) -
     assert (frame.label_ids[ground & ((x < -7.1) | (x > 6.1))] == LABEL["terrain"]).all()
 
 
+def test_drivable_area_and_lane_masks_follow_the_road_geometry() -> None:
+    """BDD100K's encodings of the empty street, against the lateral position of each ground hit
+    in closed form: the ego lane is direct (0), the other lane alternative (1), parking strips,
+    pavements and sky background (2); the dashed separator is one single-white dashed lane over
+    its whole length, gaps included (BDD100K annotates a dashed line as one polyline), the edge
+    lines single-white solid, the kerbs road curb; nothing else is a lane."""
+    pitch, yaw = 0.038, 0.02
+    camera = Camera.cityscapes(W * 4, H * 4, pitch=pitch, yaw=yaw)
+    frame = render(empty_scene(camera), np.random.default_rng(0))
+    a, b = pixel_grid(camera)
+    fall = b * np.cos(pitch) + np.sin(pitch)
+    with np.errstate(divide="ignore"):
+        depth = np.where(fall > 0, camera.mount_height / fall, 0.0)
+    depth[depth > 400.0] = 0.0
+    ground = depth > 0
+    x = depth * (a * np.cos(yaw) + np.sin(yaw) * (-b * np.sin(pitch) + np.cos(pitch)))
+
+    def band(lo: float, hi: float) -> np.ndarray:
+        return ground & (x > lo) & (x < hi)
+
+    assert (frame.drivable[band(-0.49, 2.49)] == 0).all()
+    assert (frame.drivable[band(-3.49, -0.51)] == 1).all()
+    not_drivable = band(-7.0, -3.51) | band(2.51, 7.0) | ~ground
+    assert (frame.drivable[not_drivable] == 2).all()
+    assert band(-0.49, 2.49).any() and band(-3.49, -0.51).any() and not_drivable.any()
+
+    # bit 4 = dashed, bits 0-2 = category (format.rst): single white 6, road curb 4.
+    separator = band(-0.57, -0.43)
+    assert separator.sum() > 100
+    assert (frame.lanes[separator] == 0b0001_0000 | 6).all()
+    edges = band(-3.74, -3.70) | band(2.70, 2.74)  # 0.25 m inside the road, 0.07 m half-width
+    assert edges.any() and (frame.lanes[edges] == 6).all()
+    kerbs = band(-4.14, -4.01) | band(3.01, 3.14)  # the pavement side of the road's edges
+    assert kerbs.any() and (frame.lanes[kerbs] == 4).all()
+    unmarked = ~(band(-0.6, -0.4) | band(-4.2, -3.6) | band(2.6, 3.2))
+    assert (frame.lanes[unmarked] == 255).all()
+
+
 def test_box_face_and_sphere_surface_from_back_projected_depth() -> None:
     camera = Camera.cityscapes(W, H, pitch=0.0)
     car = SceneObject(
@@ -106,7 +152,7 @@ def test_sample_is_deterministic_and_depends_on_its_index() -> None:
     first = generate_sample(3, "train", 5, height=H, width=W)[1]
     again = generate_sample(3, "train", 5, height=H, width=W)[1]
     other = generate_sample(3, "val", 5, height=H, width=W)[1]
-    for name in ("image", "label_ids", "instance_ids", "depth", "normals"):
+    for name in ("image", "label_ids", "instance_ids", "depth", "normals", "drivable", "lanes"):
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
     assert not np.array_equal(first.label_ids, other.label_ids)
 
@@ -182,7 +228,7 @@ def test_written_tree_is_independent_of_worker_count(tmp_path: Path) -> None:
     generate_dataset(tmp_path / "one", counts, seed=7, height=H, width=W, workers=1)
     generate_dataset(tmp_path / "two", counts, seed=7, height=H, width=W, workers=2)
     one, two = read_tree(tmp_path / "one"), read_tree(tmp_path / "two")
-    assert len(one) == 5 * 5 and one == two
+    assert len(one) == 5 * 7 and one == two  # 7 PNGs per sample
 
 
 def test_disparity_and_normals_files_decode_to_the_rendered_targets(tmp_path: Path) -> None:
@@ -210,6 +256,23 @@ def test_disparity_and_normals_files_decode_to_the_rendered_targets(tmp_path: Pa
         sample_path(tmp_path, "val", stem, formats.LABEL_IDS_SUFFIX), channels=1, dtype=np.uint8
     )
     np.testing.assert_array_equal(labels, frame.label_ids)
+    # The BDD100K masks, as the SynthDrive reader decodes them (its 0 / 1 / 2 drivable ids; lane
+    # ids 2 + category where the byte's background bit 3 is clear).
+    raw = SynthDrive(data_root=str(tmp_path), split="val", pipeline=[]).get_raw_sample(0)
+    np.testing.assert_array_equal(raw["gt_drivable_map"], frame.drivable)
+    lanes = frame.lanes & 0b1000 == 0
+    np.testing.assert_array_equal(raw["gt_lane_map"] > 0, lanes)
+    np.testing.assert_array_equal(raw["gt_lane_map"][lanes], (frame.lanes[lanes] & 0b111) + 2)
+
+
+def test_an_older_tree_gains_the_files_of_a_new_task(tmp_path: Path) -> None:
+    """A tree written before a task existed lacks its files; generating again writes them."""
+    generate_dataset(tmp_path, {"train": 2}, seed=3, height=H, width=W)
+    lane = sample_path(tmp_path, "train", sample_stem(1), "_lane.png")
+    before = lane.read_bytes()
+    lane.unlink()
+    assert generate_dataset(tmp_path, {"train": 2}, seed=3, height=H, width=W) == 1
+    assert lane.read_bytes() == before
 
 
 def test_interrupted_sample_is_never_visible_and_is_completed_by_a_rerun(
@@ -301,7 +364,14 @@ def test_generated_tree_reads_back_through_the_reader_and_pipeline(tmp_path: Pat
     generate_dataset(tmp_path, {"val": 2}, seed=5, height=H, width=W)
     pipeline = [dict(type="RandomFlip", prob=1.0), dict(type="PackMTLInputs")]
     dataset = SynthDrive(data_root=str(tmp_path), split="val", pipeline=pipeline)
-    assert len(dataset) == 2 and dataset.tasks == ("det", "seg", "depth", "normals")
+    assert len(dataset) == 2 and dataset.tasks == (
+        "det",
+        "seg",
+        "depth",
+        "normals",
+        "drivable",
+        "lanes",
+    )
     for idx in range(2):
         frame = generate_sample(5, "val", idx, height=H, width=W)[1]
         raw = dataset.get_raw_sample(idx)

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adperception.data.formats import FOLDERS, IMAGE_SUFFIX
 from adperception.data.synth.render import Frame, render
 from adperception.data.synth.scene import Scene, sample_scene
-from adperception.data.synth.writer import sample_path, sample_stem, write_sample
+from adperception.data.synth.writer import sample_path, sample_stem, suffixes, write_sample
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "synthdrive.json"
@@ -77,15 +76,15 @@ def generate_dataset(
             )
     root.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps({**settings, "counts": counts}, indent=2))
-    for folder in set(FOLDERS.values()):  # temporaries of a killed run
-        for tmp in (root / folder).rglob("*.tmp"):
-            tmp.unlink()
+    for tmp in root.rglob("*.tmp"):  # temporaries of a killed run
+        tmp.unlink()
 
     jobs = [
         (str(root), split, i, seed, height, width)
         for split, n in counts.items()
         for i in range(n)
-        if not sample_path(root, split, sample_stem(i), IMAGE_SUFFIX).exists()
+        # complete = every file: a tree from before a task was added gets that task's files
+        if not all(sample_path(root, split, sample_stem(i), s).exists() for s in suffixes())
     ]
     if workers > 1 and len(jobs) > 1:
         with get_context("spawn").Pool(workers) as pool:

@@ -14,6 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from adperception.data.bdd100k_format import LANE_CLASSES
+from adperception.data.bdd100k_format import LANE_STYLE_BIT as LANE_DASHED
 from adperception.data.synth.camera import Camera, apply
 from adperception.data.synth.scene import LABEL, Scene, Texture
 
@@ -28,16 +30,74 @@ TERRAIN = np.array([0.42, 0.5, 0.26], dtype=np.float32)
 GROUND_CLASSES = ("road", "sidewalk", "terrain")
 
 
+#: BDD100K's drivable-area ids (``adperception.data.datasets.bdd100k``).
+DIRECT, ALTERNATIVE, NOT_DRIVABLE = 0, 1, 2
+#: Half-widths in metres of the painted lines: dashed lane separators, solid edge lines, kerbs.
+LANE_LINE, EDGE_LINE, KERB = 0.08, 0.07, 0.15
+#: Dashes of 3 m every 9 m.
+DASH, DASH_PERIOD = 3.0, 9.0
+#: BDD100K lane-mask background byte (its writer's 255).
+LANE_BACKGROUND = 255
+
+
 @dataclass(frozen=True)
 class Frame:
     """The rendered targets: RGB uint8, label ids uint8, instanceIds uint16 (Cityscapes
-    encoding), camera depth float32 metres (0 = sky), camera-frame normals float32 (0 = sky)."""
+    encoding), camera depth float32 metres (0 = sky), camera-frame normals float32 (0 = sky),
+    and in BDD100K's encodings the drivable area (uint8: 0 direct = the ego lane, 1 alternative
+    = the other travel lanes, 2 background) and the lane markings (uint8 bit codes, 255 where
+    there is none)."""
 
     image: np.ndarray
     label_ids: np.ndarray
     instance_ids: np.ndarray
     depth: np.ndarray
     normals: np.ndarray
+    drivable: np.ndarray
+    lanes: np.ndarray
+
+
+def lane_markings(ground, x: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
+    """Where the ground points (x, z) lie on painted lines: ``dashed`` (lane separators,
+    painted only on the dashes), ``separator`` (the same lines over their whole length, as
+    BDD100K annotates a dashed lane: one polyline), ``edge`` (solid lines 0.25 m inside the
+    road's edges) and ``kerb`` (the kerbstones along them)."""
+    road = ground.road
+    separator = np.zeros(len(x), dtype=bool)
+    for line in ground.lane_lines:
+        separator |= np.abs(x - line) < LANE_LINE
+    edge = np.zeros(len(x), dtype=bool)
+    for line in (road[0] + 0.25, road[1] - 0.25):
+        edge |= np.abs(x - line) < EDGE_LINE
+    kerb = (np.abs(x - road[0]) < KERB) | (np.abs(x - road[1]) < KERB)
+    return {
+        "dashed": separator & (np.mod(z, DASH_PERIOD) < DASH),
+        "separator": separator,
+        "edge": edge,
+        "kerb": kerb,
+    }
+
+
+def _drivable_and_lanes(
+    scene: Scene, index: np.ndarray, points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """BDD100K drivable ids and lane codes of the visible ground (``index`` -2 road, -3
+    sidewalk): lane codes are ``style << 4 | category`` (direction parallel), single white for
+    the painted lines (dashed separators, solid edges) and road curb for the kerbs."""
+    ground = scene.ground
+    x, z = points[:, 0], points[:, 2]
+    road = index == -2
+    drivable = np.full(len(index), NOT_DRIVABLE, dtype=np.uint8)
+    travel = road & (x >= ground.travel[0]) & (x <= ground.travel[1])
+    drivable[travel] = ALTERNATIVE
+    drivable[travel & (x >= ground.ego_lane[0]) & (x < ground.ego_lane[1])] = DIRECT
+    marks = lane_markings(ground, x, z)
+    lanes = np.full(len(index), LANE_BACKGROUND, dtype=np.uint8)
+    single_white = LANE_CLASSES.index("single white")
+    lanes[(index == -3) & marks["kerb"]] = LANE_CLASSES.index("road curb")
+    lanes[road & marks["edge"]] = single_white
+    lanes[road & marks["separator"]] = LANE_DASHED | single_white
+    return drivable, lanes
 
 
 @lru_cache
@@ -139,6 +199,7 @@ def render(scene: Scene, rng: np.random.Generator) -> Frame:
     points = origin + depth[:, None] * rays
 
     image = _shade(scene, corners, index, points, normals, rays, hit)
+    drivable, lanes = _drivable_and_lanes(scene, index, points)
     distance = depth * np.sqrt((rays * rays).sum(axis=1))
     fog = np.exp(-distance / scene.haze_distance)[:, None]
     image = np.where(hit[:, None], image * fog + SKY_HORIZON * (1.0 - fog), image)
@@ -151,6 +212,8 @@ def render(scene: Scene, rng: np.random.Generator) -> Frame:
         instance_ids=instance_table[index].astype(np.uint16).reshape(h, w),
         depth=depth.astype(np.float32).reshape(h, w),
         normals=normals.astype(np.float32).reshape(h, w, 3),
+        drivable=drivable.reshape(h, w),
+        lanes=lanes.reshape(h, w),
     )
 
 
@@ -180,22 +243,18 @@ def _shade(
         x, y, z = points[pixels].T
         return pixels, x, y, z
 
-    road = scene.ground.road
     pixels, x, _, z = where(Texture.ASPHALT)
     tone = np.broadcast_to(
         (0.88 + 0.22 * _hash(np.floor(x * 6.0), np.floor(z * 6.0)))[:, None], (len(pixels), 3)
     )
-    paint = np.zeros(len(pixels), dtype=bool)
-    for line in scene.ground.lane_lines:
-        paint |= (np.abs(x - line) < 0.08) & (np.mod(z, 9.0) < 3.0)
-    for edge in (road[0] + 0.25, road[1] - 0.25):
-        paint |= np.abs(x - edge) < 0.07
+    marks = lane_markings(scene.ground, x, z)
+    paint = marks["dashed"] | marks["edge"]
     albedo[pixels] = np.where(paint[:, None], 0.82, albedo[pixels] * tone)
 
     pixels, x, _, z = where(Texture.PAVEMENT)
     tiles = (np.mod(x, 0.6) < 0.03) | (np.mod(z, 0.6) < 0.03)
     tone = 0.93 + 0.1 * _hash(np.floor(x / 0.6), np.floor(z / 0.6)) - 0.12 * tiles
-    kerb = (np.abs(x - road[0]) < 0.15) | (np.abs(x - road[1]) < 0.15)
+    kerb = lane_markings(scene.ground, x, z)["kerb"]
     albedo[pixels] = np.where(kerb[:, None], 0.75, albedo[pixels] * tone[:, None])
 
     pixels, x, _, z = where(Texture.GRASS)

@@ -87,11 +87,15 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Ground:
-    """The ground plane y = 0: road between ``road`` x bounds, pavements, then terrain."""
+    """The ground plane y = 0: road between ``road`` x bounds, pavements, then terrain. Traffic
+    drives between the ``travel`` bounds (the road less its parking strips), the ego car in
+    its ``ego_lane``; dashed ``lane_lines`` separate the lanes."""
 
     road: tuple[float, float]
     sidewalk: tuple[float, float]
     lane_lines: tuple[float, ...]
+    travel: tuple[float, float]
+    ego_lane: tuple[float, float]
     max_distance: float = 400.0
 
 
@@ -293,6 +297,8 @@ def sample_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
         road=(road_left, road_right),
         sidewalk=(road_left - walk[0], road_right + walk[1]),
         lane_lines=tuple(travel_left + k * lane for k in range(1, lanes)),
+        travel=(travel_left, travel_right),
+        ego_lane=(travel_left + ego_lane * lane, travel_left + (ego_lane + 1) * lane),
     )
 
     for side in (-1, 1):
