@@ -39,7 +39,8 @@ from adperception.balancing.weighting import Weighting
 from adperception.registry import BALANCERS
 
 #: The kinds of training step ``GradientBalancer.plan`` returns.
-STEP_KINDS = ("weighted", "task_gradients", "amortised")
+#: "partial": a step on which some task has no labelled sample (``_partial_step``).
+STEP_KINDS = ("weighted", "task_gradients", "amortised", "partial")
 #: What a config may give a weighting-only ``model.balancer`` for the step driver.
 DRIVER_ARGS = ("measure_interval", "chunk_numel", "bucket_numel", "seed")
 
@@ -126,6 +127,9 @@ class GradientBalancer(nn.Module):
         self.aggregator_kwargs = self._checked_aggregator_kwargs(aggregator, aggregator_kwargs)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("solver_failures", torch.zeros((), dtype=torch.long))
+        # The weights of the last step on which every task had labels: a step that lacks some
+        # task's labels (partial labels) trains the others with them (see ``train_step``).
+        self.register_buffer("last_weights", torch.ones(len(self.tasks)))
         # Each sharing group's aggregator weights at the last surgery step, for the amortised
         # steps: row m for the group whose task set is the bit mask m (set where marked). A
         # buffer indexed by task set, so it checkpoints and resumes before the layout is known.
@@ -209,7 +213,13 @@ class GradientBalancer(nn.Module):
         self, model: nn.Module, losses: dict[str, Tensor], optim_wrapper, kind: str
     ) -> dict[str, Tensor]:
         """Backward and optimizer step for the per-task ``losses['loss_<task>']``; returns the
-        values to log. ``kind`` is what ``plan`` returned before the forward."""
+        values to log. ``kind`` is what ``plan`` returned before the forward.
+
+        On a ``partial`` step some task had no labelled sample in the batch (on some rank; the
+        model left its loss out): the step is then a plain weighted one over the labelled tasks
+        (``_partial_step``), and the absent task contributes nothing: no gradient, no backward,
+        no measurement.
+        """
         if kind not in STEP_KINDS:
             raise ValueError(f"step kind must be one of {STEP_KINDS}, got {kind!r}")
         if not hasattr(optim_wrapper, "apply_gradients"):
@@ -218,6 +228,12 @@ class GradientBalancer(nn.Module):
                 "MTLOptimWrapper (or MTLAmpOptimWrapper), whose apply_gradients and skip_step "
                 "are the step of per-task gradients and of a skipped step"
             )
+        if kind == "partial":
+            labelled = [t for t in self.tasks if f"loss_{t}" in losses]
+            return self._partial_step(model, losses, labelled, optim_wrapper)
+        missing = [t for t in self.tasks if f"loss_{t}" not in losses]
+        if missing:
+            raise ValueError(f"no loss for task(s) {missing} on a {kind!r} step (not 'partial')")
         task_losses = torch.stack([losses[f"loss_{t}"] for t in self.tasks])
         finite, mean_losses = agree_losses(task_losses)
         if not bool(finite.all()):
@@ -230,10 +246,44 @@ class GradientBalancer(nn.Module):
         else:
             self._manual_step(model, task_losses, weights, optim_wrapper, kind)
         self.num_steps += 1
+        self.last_weights.copy_(weights.detach())
         logged = {f"weight_{t}": w.detach() for t, w in zip(self.tasks, weights, strict=True)}
         if int(self.solver_failures):
             logged["solver_failures"] = self.solver_failures.detach().double()
         return logged
+
+    def _partial_step(
+        self, model: nn.Module, losses: dict[str, Tensor], labelled: list[str], optim_wrapper
+    ) -> dict[str, Tensor]:
+        """One step on the labelled tasks only, each at its weight of the last fully labelled
+        step: gradients of Σ w_t · L_t (averaged over ranks), no per-task backward, no
+        surgery, no diagnostics, and no update of the weighting's state or parameters (a loss
+        history or learned log-variance would otherwise see a task as absent, not as learnt).
+        Parameters only the absent tasks use get no gradient at all, so the optimizer leaves
+        them as they are."""
+        self.num_steps += 1
+        if not labelled:
+            optim_wrapper.zero_grad()  # nothing to learn from; not a failure either
+            return {}
+        task_losses = torch.stack([losses[f"loss_{t}"] for t in labelled])
+        finite, _ = agree_losses(task_losses)
+        if not bool(finite.all()):
+            bad = [t for t, ok in zip(labelled, finite.tolist(), strict=True) if not ok]
+            self._skip(optim_wrapper, torch.tensor([t not in bad for t in self.tasks]))
+            return {f"nonfinite.{t}": torch.tensor(1.0) for t in bad}
+        weights = self.last_weights[[self.tasks.index(t) for t in labelled]].to(task_losses)
+        objective = weights @ task_losses
+        scaler = loss_scaler(optim_wrapper)
+        if scaler is not None:
+            objective = scaler.scale(objective)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        used = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+        all_reduce_mean_([g for _, g in used], self.bucket_numel)
+        for param, grad in used:
+            param.grad = grad
+        optim_wrapper.apply_gradients()
+        return {f"weight_{t}": w.detach() for t, w in zip(labelled, weights, strict=True)}
 
     def _named(self, flags: Tensor) -> list[tuple[str, bool]]:
         return list(zip(self.tasks, flags.tolist(), strict=True))

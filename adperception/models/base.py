@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 from adperception.balancing import GradientBalancer, build_balancer
+from adperception.balancing.distributed import world_size
 
 
 class MultiTaskBaseModel(BaseModel):
@@ -34,15 +37,23 @@ class MultiTaskBaseModel(BaseModel):
 
     def train_step(self, data, optim_wrapper, ddp=None) -> dict[str, Tensor]:
         model = self if ddp is None else ddp
-        kind = self.balancer.plan(self)
+        labelled = agreed_tasks(self.labelled_tasks(data), self.tasks)
+        kind = self.balancer.plan(self) if len(labelled) == len(self.tasks) else "partial"
         sync = ddp.no_sync() if ddp is not None and kind != "weighted" else nullcontext()
         with sync:
             with optim_wrapper.optim_context(model):
                 data = self.data_preprocessor(data, True)
                 losses = model._run_forward(data, mode="loss")
+            # a task labelled here but not on another rank is left out here too
+            losses = {k: v for k, v in losses.items() if task_of_loss(k) in (*labelled, None)}
             log_vars = self.balancer.train_step(self, losses, optim_wrapper, kind)
         log_vars.update(self.loss_log_vars(losses))
         return {k: v.detach() if isinstance(v, Tensor) else v for k, v in log_vars.items()}
+
+    def labelled_tasks(self, data: dict) -> list[str]:
+        """The tasks with a labelled sample in the batch ``data``; every task by default (a
+        model that trains on partially labelled data says which from its samples)."""
+        return list(self.tasks)
 
     def loss_log_vars(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """What the log shows of the losses, as mmengine's ``parse_losses``: every entry's mean,
@@ -51,7 +62,7 @@ class MultiTaskBaseModel(BaseModel):
         that one bad step does not poison the logged averages."""
         entries = {name: value.detach().mean() for name, value in losses.items()}
         finite = {name: value for name, value in entries.items() if bool(torch.isfinite(value))}
-        if len(finite) == len(entries):
+        if entries and len(finite) == len(entries):
             finite["loss"] = sum(v for name, v in entries.items() if "loss" in name)
         return finite
 
@@ -109,6 +120,25 @@ class MultiTaskBaseModel(BaseModel):
     def frozen_parameter_tasks(self) -> dict[str, set[str]]:
         """Task sets of frozen parameters, which tracing cannot see; none by default."""
         return {}
+
+
+def task_of_loss(key: str) -> str | None:
+    """``det`` for ``loss_det`` and for the detached terms ``det.cls``; None for other keys."""
+    if key.startswith("loss_"):
+        return key[len("loss_") :]
+    return key.split(".", 1)[0] if "." in key else None
+
+
+def agreed_tasks(labelled: Sequence[str], tasks: Sequence[str]) -> list[str]:
+    """The tasks labelled on every rank (all of ``labelled`` in a single process), so that
+    every rank takes the same kind of step and averages the same gradients."""
+    if world_size() <= 1:
+        return [t for t in tasks if t in labelled]
+    present = torch.tensor([t in labelled for t in tasks], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        present = present.cuda()
+    dist.all_reduce(present, op=dist.ReduceOp.MIN)
+    return [t for t, ok in zip(tasks, present.tolist(), strict=True) if ok]
 
 
 def _drops_at_random(module: nn.Module) -> bool:

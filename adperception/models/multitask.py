@@ -104,10 +104,23 @@ class MultiTaskModel(MultiTaskBaseModel):
         branches = self.backbone(inputs)
         return {group: list(neck(tuple(branches[group]))) for group, neck in self.necks.items()}
 
+    def labelled_tasks(self, data: dict) -> list[str]:
+        """The tasks with a target in at least one sample of the batch (partial labels: a
+        sample lacks the field of a task its dataset or its own annotation lacks)."""
+        samples = data.get("data_samples") or []
+        return [t for t in self.tasks if any(get_task(t).gt_field in s for s in samples)]
+
     def loss(self, inputs: Tensor, data_samples: Sequence[MTLDataSample]) -> dict[str, Tensor]:
+        """Per-task losses of the tasks labelled in the batch; a task no sample is labelled for
+        has no entry (it contributes nothing, see ``GradientBalancer.train_step``). Dense losses
+        average over the labelled pixels, so unlabelled samples count for nothing; the
+        detection loss runs on the labelled samples alone."""
         feats = self.extract_feat(inputs)
         losses: dict[str, Tensor] = {}
+        labelled = self.labelled_tasks({"data_samples": data_samples})
         for task, head in self.heads.items():
+            if task not in labelled:
+                continue
             terms = head.loss(feats[self.task_groups[task]], data_samples)
             losses[f"loss_{task}"] = torch.stack([v.sum() for v in terms.values()]).sum()
             if len(terms) > 1:  # detached, and named without "loss" so mmengine does not add them

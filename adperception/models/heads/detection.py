@@ -183,7 +183,17 @@ class DetectionHead(BaseModule):
         mmdet's keys are renamed to start with ``loss``: ``loss_cls`` stays, ``d0.loss_cls``
         becomes ``loss_d0_cls``, ``enc_loss_iou`` becomes ``loss_enc_iou``. Values are scalars
         (mmdet's averaged terms come as 1-element tensors; mean as mmengine's parse_losses).
+
+        Only the samples with ``gt_instances`` count (partial labels): a sample without boxes
+        is not a sample whose every query is background, so the others are decoded alone.
         """
+        labelled = [i for i, sample in enumerate(data_samples) if "gt_instances" in sample]
+        if not labelled:
+            raise ValueError("DetectionHead.loss: no sample of the batch has gt_instances")
+        if len(labelled) < len(data_samples):
+            index = torch.tensor(labelled, device=feats[0].device)
+            feats = [feat.index_select(0, index) for feat in feats]
+            data_samples = [data_samples[i] for i in labelled]
         losses = self.detector.loss(self._select(feats), list(data_samples))
         return {
             "loss_" + key.replace("loss_", "").replace(".", "_"): value.mean()

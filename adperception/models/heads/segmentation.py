@@ -89,9 +89,15 @@ class SegmentationHead(BaseModule):
     ) -> dict[str, Tensor]:
         """mmseg's loss terms (``loss_ce`` by default) of ``logits`` against the task's target;
         mmseg's ``acc_seg`` is dropped, since every returned key is a loss to sum."""
+        field = get_task(self.task).gt_field
+        # Only the labelled samples count: per-sample terms (Dice) would average in the others.
+        labelled = [i for i, sample in enumerate(data_samples) if field in sample]
+        if len(labelled) < len(data_samples):
+            logits = logits[labelled]
+            data_samples = [data_samples[i] for i in labelled]
         labels = gather_targets(
             data_samples,
-            get_task(self.task).gt_field,
+            field,
             channels=1,
             pad_value=IGNORE_INDEX,
             dtype=torch.int64,
