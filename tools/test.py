@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.load_from = args.checkpoint
         cfg.resume = False
         select_dist_backend(cfg)
-        validate_config(cfg, dataloaders=("test_dataloader",))
+        validate_config(cfg, dataloaders=("test_dataloader",), evaluation=True)
         metrics = build_runner(cfg).test()
         if args.out is not None and is_main_process():
             dump_metrics(metrics, args.out)

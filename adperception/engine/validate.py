@@ -69,9 +69,16 @@ def _parse_python_configs(path: str, seen: frozenset[str] = frozenset()) -> None
                     _parse_python_configs(base_path, seen | {path})
 
 
-def validate_config(cfg: Mapping, *, dataloaders: Sequence[str] = ("train_dataloader",)) -> None:
+def validate_config(
+    cfg: Mapping,
+    *,
+    dataloaders: Sequence[str] = ("train_dataloader",),
+    evaluation: bool = False,
+) -> None:
     """Check ``cfg``'s tasks and, for each of ``dataloaders`` present in it, that its dataset
-    provides every task of ``model.heads`` with the heads' class counts.
+    provides every task of ``model.heads`` with the heads' class counts. With ``evaluation``
+    (tools/test.py) a dataset may lack some of the model's tasks: a model trained on several
+    datasets is evaluated on each for the tasks it labels.
 
     Raises ``ConfigError`` listing every problem; dataset files that cannot be read raise the
     dataset's own error.
@@ -86,8 +93,13 @@ def validate_config(cfg: Mapping, *, dataloaders: Sequence[str] = ("train_datalo
     for loader in dataloaders:
         if cfg.get(loader) is None:
             continue
-        for key, dataset_cfg in dataset_configs(cfg[loader]["dataset"], f"{loader}.dataset"):
-            problems += dataset_problems(heads, dataset_cfg, key)
+        leaves = list(dataset_configs(cfg[loader]["dataset"], f"{loader}.dataset"))
+        if len(leaves) == 1:
+            problems += dataset_problems(
+                heads, leaves[0][1], leaves[0][0], require_tasks=not evaluation
+            )
+        else:
+            problems += mixed_dataset_problems(heads, leaves, f"{loader}.dataset")
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -191,14 +203,17 @@ def dataset_configs(dataset: Mapping, key: str) -> Iterator[tuple[str, Mapping]]
         yield key, dataset
 
 
-def dataset_problems(heads: Mapping, dataset_cfg: Mapping, key: str) -> list[str]:
-    """Class counts and tasks of ``heads`` that the dataset built from ``dataset_cfg`` (at config
-    path ``key``; lazily: metainfo needs no files, ``tasks`` scans them) disagrees with."""
+def dataset_problems(
+    heads: Mapping, dataset_cfg: Mapping, key: str, *, require_tasks: bool = True
+) -> list[str]:
+    """Class counts and (with ``require_tasks``) tasks of ``heads`` that the dataset built from
+    ``dataset_cfg`` (at config path ``key``; lazily: metainfo needs no files, ``tasks`` scans
+    them) disagrees with."""
     dataset = DATASETS.build({"_scope_": "adperception", **dataset_cfg, "lazy_init": True})
     dataset_type = dataset_cfg["type"]
     provided = getattr(dataset, "tasks", None)
     problems = []
-    if provided is not None:
+    if provided is not None and require_tasks:
         problems += [
             f"model.heads.{task}: {key} ({dataset_type}, data_root '{dataset.data_root}') does "
             f"not provide task '{task}' (it provides {', '.join(provided) or 'none'})"
@@ -217,6 +232,38 @@ def dataset_problems(heads: Mapping, dataset_cfg: Mapping, key: str) -> list[str
                     f"{path} = {value} but {key} ({dataset_type}) has {expected} classes in "
                     f"metainfo['{metainfo_key}']"
                 )
+    return problems
+
+
+def mixed_dataset_problems(
+    heads: Mapping, leaves: Sequence[tuple[str, Mapping]], key: str
+) -> list[str]:
+    """The problems of a loader that mixes datasets (partial labels): each task of ``heads``
+    needs labels in at least one of them, and no dataset may have more classes than its head
+    (the first dataset's class names are the concatenation's; the others' ids must be a prefix
+    of them, e.g. Cityscapes' 8 detection classes within BDD100K's 10)."""
+    problems, provided = [], set()
+    for leaf_key, dataset_cfg in leaves:
+        dataset = DATASETS.build({"_scope_": "adperception", **dataset_cfg, "lazy_init": True})
+        tasks = set(getattr(dataset, "tasks", task_names()))
+        provided |= tasks
+        for task in heads:
+            metainfo_key = get_task(task).class_key if task in task_names() else None
+            if metainfo_key is None or metainfo_key not in dataset.metainfo or task not in tasks:
+                continue
+            count = len(dataset.metainfo[metainfo_key])
+            for path, value in find_key(heads[task], "num_classes", f"model.heads.{task}"):
+                if value < count:
+                    problems.append(
+                        f"{path} = {value} but {leaf_key} ({dataset_cfg['type']}) has {count} "
+                        f"classes in metainfo['{metainfo_key}']"
+                    )
+    problems += [
+        f"model.heads.{task}: no dataset of {key} provides task '{task}' (together they provide "
+        f"{', '.join(t for t in task_names() if t in provided) or 'none'})"
+        for task in heads
+        if task in task_names() and task not in provided
+    ]
     return problems
 
 
