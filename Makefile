@@ -40,7 +40,8 @@ quickstart: preview
 
 data: $(DATA)/.complete
 
-$(DATA)/.complete: $(STAMP)
+# Re-run when the generator changes: it writes only what a tree lacks (a new task's files).
+$(DATA)/.complete: $(STAMP) $(wildcard adperception/data/synth/*.py)
 	$(PY) tools/make_synthetic.py --out $(DATA) --train $(TRAIN_SAMPLES) --val $(VAL_SAMPLES) --seed $(SEED)
 	$(PY) tools/check_dataset.py $(DATA)
 	touch $@

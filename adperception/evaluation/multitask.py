@@ -31,8 +31,8 @@ class MultiTaskMetric(BaseMetric):
     ``DepthHead.predict`` put at ``ori_shape`` in the original image's metres.
 
     Args:
-        tasks: the tasks to evaluate (default: every registered one); a sample labelled for a
-            task must also carry its prediction.
+        tasks: the tasks to evaluate, each of which a sample labelled for it must also predict;
+            by default, every registered task that the samples both label and predict.
         **options: the tasks' options (``Task.metric_options``): ``<task>_classes`` (class
             names indexed by label; default the dataset_meta's names of that task, e.g.
             ``det_classes``, ``classes``), ``min_depth``, ``max_depth`` (depth targets outside
@@ -51,6 +51,9 @@ class MultiTaskMetric(BaseMetric):
         **options: Any,
     ) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
+        # Named tasks must be predicted wherever labelled; by default, every task the model
+        # predicts is evaluated (a dataset may label more tasks than the model has heads).
+        self.named = tasks is not None
         try:
             self.tasks = task_names() if tasks is None else tasks_in_order(tasks)
         except KeyError as err:
@@ -105,7 +108,9 @@ class MultiTaskMetric(BaseMetric):
             record = {}
             for name in self.tasks:
                 task = get_task(name)
-                if task.gt_field not in sample:
+                if task.gt_field not in sample or (
+                    not self.named and task.pred_field not in sample
+                ):
                     continue
                 if task.pred_field not in sample:
                     raise KeyError(

@@ -356,9 +356,13 @@ def test_tasks_not_asked_for_are_skipped() -> None:
 
 
 def test_target_without_prediction_and_shape_mismatch_raise() -> None:
-    metric = MultiTaskMetric(seg_classes=SEG_CLASSES)
+    metric = MultiTaskMetric(tasks=("seg", "depth"), seg_classes=SEG_CLASSES)
     with pytest.raises(KeyError, match="pred_depth"):
         metric.process({}, [sample(1, 2, gt_depth=depth([[1.0, 2.0]]))])
+    # by default a task the model does not predict (a dataset labelling more) is not evaluated
+    default = MultiTaskMetric(seg_classes=SEG_CLASSES)
+    default.process({}, [sample(1, 2, gt_depth=depth([[1.0, 2.0]]))])
+    assert default.results == [{}]
     with pytest.raises(ValueError, match="seg prediction"):
         s = sample(2, 2, gt_sem_seg=torch.zeros(1, 2, 2), pred_sem_seg=torch.zeros(1, 2, 3))
         metric.process({}, [s])

@@ -24,7 +24,9 @@ MODEL_NAMES = (CONVNEXT, SWIN, EFFICIENTNET)
 # the reference models: timm's own classes at any input size divisible by 32
 REFERENCE_KWARGS = {CONVNEXT: {}, SWIN: {"strict_img_size": False}, EFFICIENTNET: {}}
 STRIDES = (4, 8, 16, 32)
-TASKS = frozenset({"det", "seg", "depth", "normals"})
+#: Every registered task; without ``branches`` each joins its default group (docs/design.md §3).
+TASKS = frozenset({"det", "seg", "depth", "normals", "drivable", "lanes"})
+SEMANTIC = {"det", "seg", "drivable", "lanes"}
 ADAPTERS = {
     "bottleneck": {"type": "bottleneck", "reduction": 4},
     "lora": {"type": "lora", "rank": 4, "alpha": 8.0},
@@ -32,7 +34,7 @@ ADAPTERS = {
 }
 BRANCHINGS = {
     "one_group": {"all": ["det", "seg", "depth", "normals"]},
-    "default": {"semantic": ["det", "seg"], "geometric": ["depth", "normals"]},
+    "default": {"semantic": ["det", "seg", "drivable", "lanes"], "geometric": ["depth", "normals"]},
     "per_task": {"det": ["det"], "seg": ["seg"], "depth": ["depth"], "normals": ["normals"]},
 }
 # ConvNeXt layer scale starts at 1e-6 in timm, which would hide the blocks' MLPs from gradient
@@ -97,6 +99,8 @@ def test_function_at_init_equals_timm_and_adapters_are_live(
         "seg": "semantic",
         "depth": "geometric",
         "normals": "geometric",
+        "drivable": "semantic",
+        "lanes": "semantic",
     }
     # a second input size (any H, W divisible by 32) once per model
     for h, w in [(64, 128), (96, 160)] if adapter == "bottleneck" else [(64, 128)]:
@@ -177,9 +181,10 @@ def test_sharing_structure(shared_stages: int, branching: str) -> None:
 
     tasks = backbone.parameter_tasks()
     assert list(tasks) == [n for n, _ in backbone.named_parameters()]
+    every = frozenset(t for group_tasks in branches.values() for t in group_tasks)
     for name, owners in tasks.items():
         group = re.match(r"branches\.(\w+)\.", name)
-        assert owners == (frozenset(branches[group[1]]) if group else TASKS), name
+        assert owners == (frozenset(branches[group[1]]) if group else every), name
 
     # copies from the same initial weights: every group computes the same function at init;
     # the shared trunk runs once per forward
@@ -200,7 +205,7 @@ def test_parameter_tasks_example_of_the_default_layout() -> None:
     tasks = backbone.parameter_tasks()
     assert tasks["trunk.0.stem.0.weight"] == TASKS
     stage3 = [n for n in tasks if n.startswith("branches.semantic.1.")]
-    assert stage3 and all(tasks[n] == {"det", "seg"} for n in stage3)
+    assert stage3 and all(tasks[n] == SEMANTIC for n in stage3)
     adapters = [n for n, _ in adapter_parameters(backbone.branches["geometric"])]
     assert adapters and all(
         tasks[f"branches.geometric.{n}"] == {"depth", "normals"} for n in adapters
