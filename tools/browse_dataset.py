@@ -1,5 +1,6 @@
-"""Draw samples of a dataset (a root in the Cityscapes or NYUv2 layout, or a config's dataset)
-as 2x2 panels of their targets, one ``{out_dir}/{stem}.png`` per sample.
+"""Draw samples of a dataset (a root in the Cityscapes, BDD100K or NYUv2 layout, or a config's
+dataset) as panels of their targets, one tile per task it labels, two per row, one
+``{out_dir}/{stem}.png`` per sample.
 
     python tools/browse_dataset.py data/synthdrive --split val --num 4 --out-dir outputs/browse
     python tools/browse_dataset.py configs/_base_/datasets/synthdrive.py --split train --augment

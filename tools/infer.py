@@ -3,8 +3,9 @@
     python tools/infer.py exported/quickstart img1.png img2.png --out-dir vis/ [--score-thr 0.3]
     python tools/infer.py exported/quickstart frames/ --out-dir vis/
 
-A panel is a 2×2 grid: boxes with labels | segmentation overlay with a legend // depth colour
-map with a scale bar | normals as RGB. --onnx runs the directory's model.onnx in onnxruntime.
+A panel holds one tile per task of the model, two per row (boxes with labels, class overlays
+with a legend, depth colour map with a scale bar, normals as RGB, ...). --onnx runs the
+directory's model.onnx in onnxruntime.
 A directory stands for its image files (IMAGE_SUFFIXES, sorted by name, subfolders not searched).
 Every input is checked before the model loads: a missing or unreadable file, an image under
 MIN_SIDE pixels or two inputs whose panels would share a name stop the run, naming the files.

@@ -1,4 +1,5 @@
-"""Cityscapes in its official layout (plus our ``normals/`` folder), read for all four tasks.
+"""Cityscapes in its official layout (plus our ``normals/`` folder and the folders of the tasks
+that declare a file in this layout, ``Task.layout_files``), read for every task it has files of.
 
 ``{root}/{folder}/{split}/{city}/{stem}{suffix}`` with the folders and suffixes of
 ``adperception.data.formats``. Label ids map to the 19 train ids and boxes come from instanceIds,
