@@ -20,6 +20,17 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+def head_config(task: str, cfg: dict) -> dict:
+    """``cfg`` over the task's ``default_head`` when it names no ``type`` (``heads=dict(
+    lanes=dict(channels=64))`` is the default lane head, narrower)."""
+    if "type" in cfg:
+        return cfg
+    default = get_task(task).default_head
+    if default is None:
+        raise ValueError(f"model.heads.{task}: no type given, and '{task}' has no default head")
+    return {**default, **cfg}
+
+
 @MODELS.register_module()
 class MultiTaskModel(MultiTaskBaseModel):
     """Every task of ``heads`` (detection, segmentation, depth, normals, ...) from one partially
@@ -67,7 +78,9 @@ class MultiTaskModel(MultiTaskBaseModel):
         groups = sorted(set(self.task_groups.values()))
         neck_cfg = {**neck, "in_channels": list(self.backbone.out_channels)}
         self.necks = ModuleDict({group: MODELS.build(neck_cfg) for group in groups})
-        self.heads = ModuleDict({task: MODELS.build(heads[task]) for task in self.tasks})
+        self.heads = ModuleDict(
+            {task: MODELS.build(head_config(task, heads[task])) for task in self.tasks}
+        )
         for task, head in self.heads.items():
             if head.task != task:
                 raise ValueError(f"model.heads.{task}: a '{head.task}' head cannot serve '{task}'")

@@ -55,6 +55,9 @@ class Task:
         default_classes: its class names where a dataset's ``metainfo`` has none.
         default_group: the backbone branch group it joins by default.
         element_type: the data element of its target and prediction fields.
+        default_head: the head a config gets for ``model.heads.<name>`` when it names no
+            ``type`` (its keys are the defaults, the config's override them); ``None`` for a
+            task whose head needs a full config (the detector).
         layout_files: its files in the Cityscapes layout, for the tasks that layout lacks (the
             Cityscapes reader, the checker and the SynthDrive writer read them from here).
     """
@@ -71,6 +74,7 @@ class Task:
     default_group: ClassVar[str]
     element_type: ClassVar[type[BaseDataElement]]
     layout_files: ClassVar[tuple[LayoutFile, ...]] = ()
+    default_head: ClassVar[dict | None] = None
 
     # --- the raw sample --------------------------------------------------------------------
     def in_sample(self, results: Mapping) -> bool:

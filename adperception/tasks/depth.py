@@ -39,6 +39,7 @@ class Depth(MapTask):
     metric_options = {"min_depth": 0.0, "max_depth": math.inf}
     outputs = {"depth": "B×1×H/4×W/4 metric depth in metres (> 0)"}
     default_group = "geometric"
+    default_head = {"type": "DepthHead", "in_channels": 256, "channels": 128}
 
     def after_zoom(self, results: dict, zoom: float) -> None:
         results[self.map_key] = results[self.map_key] / np.float32(zoom)

@@ -28,4 +28,11 @@ class DrivableArea(LabelMapTask):
     undrawn = (DRIVABLE_CLASSES.index("background"),)
     title = "drivable area"
     default_group = "semantic"
+    default_head = {
+        "type": "SegmentationHead",
+        "task": "drivable",
+        "in_channels": 256,
+        "channels": 128,
+        "num_classes": 3,
+    }
     layout_files = (LayoutFile("drivable_path", "drivable", "_drivable.png", read_drivable_mask),)

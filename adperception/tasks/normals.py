@@ -32,6 +32,7 @@ class Normals(MapTask):
     primary_metrics = {"normals/mean": -1, "normals/within_11.25": +1}
     outputs = {"normals": "B×3×H/4×W/4 unit normals (x right, y down, z forward)"}
     default_group = "geometric"
+    default_head = {"type": "NormalsHead", "in_channels": 256, "channels": 128}
 
     def after_flip(self, results: dict) -> None:
         results[self.map_key] = results[self.map_key] * np.array([-1.0, 1.0, 1.0], np.float32)

@@ -20,3 +20,10 @@ class Segmentation(LabelMapTask):
     palette_key = "palette"
     title = "segmentation"
     default_group = "semantic"
+    default_head = {
+        "type": "SegmentationHead",
+        "task": "seg",
+        "in_channels": 256,
+        "channels": 128,
+        "num_classes": 19,
+    }

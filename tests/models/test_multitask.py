@@ -131,3 +131,19 @@ def test_a_non_finite_task_loss_skips_the_step_and_repeated_ones_stop_training(
     model.heads["depth"].loss = depth_loss
     model.train_step(batch, wrapper)  # a finite step updates the weights again
     assert not all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_a_head_without_a_type_is_its_tasks_default() -> None:
+    """A config names a task and what it changes; the rest is the task's default head."""
+    setup_runtime()
+    cfg = Config.fromfile(ROOT / "configs/quickstart.py").model
+    cfg.backbone.pretrained = None
+    cfg.backbone.branches = dict(semantic=["det", "seg", "lanes"], geometric=["depth", "normals"])
+    cfg.heads.lanes = dict(channels=32)
+    model = MODELS.build(cfg)
+    lanes = model.heads["lanes"]
+    assert lanes.task == "lanes" and lanes.binary and lanes.decode_head.channels == 32
+    assert lanes.decode_head.num_classes == 2 and len(lanes.decode_head.loss_decode) == 2
+    cfg.heads.det.pop("type")
+    with pytest.raises(ValueError, match="'det' has no default head"):
+        MODELS.build(cfg)
