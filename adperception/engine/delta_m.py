@@ -291,9 +291,13 @@ def delta_m(
     return 100.0 * sum(per_task) / len(per_task)
 
 
-def _mean_std(values: Sequence[float], digits: int = 2) -> str:
+def _mean_std(values: Sequence[float], digits: int | None = None) -> str:
+    """``mean ± std`` (one value: itself) at ``digits`` decimals; by default 3 for values below 1
+    (depth abs_rel, 0.104 against 0.108, would read 0.10 and 0.11 at 2) and 2 otherwise."""
     if not values:
         return "–"
+    if digits is None:
+        digits = 3 if max(abs(v) for v in values) < 1 else 2
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"

@@ -12,6 +12,7 @@ from mmengine.config import Config
 from adperception.data.synth import generate_dataset
 from adperception.engine.delta_m import (
     Sweep,
+    _mean_std,
     delta_m,
     result_path,
     results_dir,
@@ -120,3 +121,11 @@ def test_a_tiny_sweep_reports_and_resumes(sweep_config: Path, tmp_path: Path, ca
     again = run_sweep(sweep_config, work_dir=work, out=out)
     assert {r.name: r.metrics for r in again}["EqualWeighting"] == joint.metrics
     assert json.loads(result.read_text())["metrics"] == joint.metrics
+
+
+def test_cells_keep_three_decimals_below_one() -> None:
+    """abs_rel 0.104 and 0.108 must not both read 0.10/0.11: values below 1 keep 3 decimals."""
+    assert _mean_std([0.1044]) == "0.104"
+    assert _mean_std([0.104, 0.108]) == "0.106 ± 0.003"
+    assert _mean_std([45.678]) == "45.68"
+    assert _mean_std([]) == "–"
