@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from adperception.data.datasets.cityscapes import folders
 from adperception.data.formats import (
     CAMERA_SUFFIX,
     DISPARITY_SUFFIX,
@@ -50,8 +51,7 @@ def suffixes() -> tuple[str, ...]:
 
 def sample_path(root: str | os.PathLike, split: str, stem: str, suffix: str) -> Path:
     city = stem.rsplit("_", 2)[0]
-    folders = {**FOLDERS, **{file.suffix: file.folder for _, file in layout_files().values()}}
-    return Path(root) / folders[suffix] / split / city / f"{stem}{suffix}"
+    return Path(root) / folders()[suffix] / split / city / f"{stem}{suffix}"
 
 
 def write_sample(
