@@ -11,9 +11,12 @@ from mmengine.config import Config
 
 from adperception.data.synth import generate_dataset
 from adperception.engine.delta_m import (
+    RunResult,
     Sweep,
     _mean_std,
+    data_fingerprint,
     delta_m,
+    report,
     result_path,
     results_dir,
     run_dir,
@@ -121,6 +124,9 @@ def test_a_tiny_sweep_reports_and_resumes(sweep_config: Path, tmp_path: Path, ca
     again = run_sweep(sweep_config, work_dir=work, out=out)
     assert {r.name: r.metrics for r in again}["EqualWeighting"] == joint.metrics
     assert json.loads(result.read_text())["metrics"] == joint.metrics
+    # every result says what made it; the joint and single-task runs share code and data
+    assert {r.origin for r in again} == {joint.origin} and "unrecorded" not in joint.origin
+    assert len({r.provenance["config"] for r in again}) == 3
 
 
 def test_cells_keep_three_decimals_below_one() -> None:
@@ -129,3 +135,42 @@ def test_cells_keep_three_decimals_below_one() -> None:
     assert _mean_std([0.104, 0.108]) == "0.106 ± 0.003"
     assert _mean_std([45.678]) == "45.68"
     assert _mean_std([]) == "–"
+
+
+def test_the_data_fingerprint_follows_contents_not_timestamps(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    frame = tmp_path / "a" / "frame.png"
+    frame.write_bytes(b"12345")
+    before = data_fingerprint([tmp_path])
+    frame.touch()
+    assert data_fingerprint([tmp_path]) == before
+    frame.write_bytes(b"123456")  # a regenerated frame of another size
+    assert data_fingerprint([tmp_path]) != before
+    (tmp_path / "a" / "extra.png").write_bytes(b"")
+    assert len({before, data_fingerprint([tmp_path])}) == 2
+
+
+def test_delta_m_compares_only_runs_of_the_same_code_and_data(sweep_config: Path) -> None:
+    """A joint run trained by other code than its single-task references gets no Δm, and the
+    report names the two versions; with matching references it gets the formula's value."""
+    sweep = Sweep.from_config(Config.fromfile(sweep_config))
+    old, new = {"code": "old", "data": "d"}, {"code": "new", "data": "d"}
+
+    def run(name: str, single: bool, metrics: dict, origin: dict) -> RunResult:
+        return RunResult(name, single, 0, metrics, 1, 1.0, provenance=dict(origin))
+
+    refs = [
+        run("seg", True, {"seg/mIoU": 50.0}, old),
+        run("depth", True, {"depth/abs_rel": 0.2}, old),
+    ]
+    joint = run("EqualWeighting", False, {"seg/mIoU": 55.0, "depth/abs_rel": 0.2}, new)
+    table = report([*refs, joint], sweep, sweep_config="sweep.py")
+    row = next(line for line in table.splitlines() if line.startswith("| EqualWeighting"))
+    assert row.split(" | ")[3] == "–"  # the Δm cell
+    assert "**These runs come from 2 versions of the code or data**" in table
+    assert "- code new, data d: joint EqualWeighting seed 0" in table
+    joint.provenance = dict(old)
+    table = report([*refs, joint], sweep, sweep_config="sweep.py")
+    row = next(line for line in table.splitlines() if line.startswith("| EqualWeighting"))
+    assert row.split(" | ")[3] == "5.00"  # (+10 % + 0 %) / 2
+    assert "versions of the code" not in table
