@@ -321,7 +321,7 @@ def run_sweep(
     here = (source_fingerprint(), data_fingerprint(data_roots(sweep.joint)))
     other = [r for r in load_results(results, sweep) if r.origin != here]
     if other:
-        names = ", ".join(f"{_kind(r)} {r.name} seed {r.seed}" for r in other)
+        names = ", ".join(_label(r) for r in other)
         print(
             f"Δm sweep: {len(other)} finished run(s) were made by other code or data than this "
             f"checkout's (code {here[0]}, data {here[1]}): {names}. Δm compares only runs of "
@@ -330,7 +330,7 @@ def run_sweep(
         )
     with tqdm(todo, unit="run", dynamic_ncols=True) as progress:
         for name, single, seed in progress:
-            kind = "single-task" if single else "joint"
+            kind = _kind(single)
             progress.set_postfix_str(f"{kind} {name} seed {seed}")
             cfg = sweep.single_task_config(name) if single else sweep.joint_config(name)
             start = time.perf_counter()
@@ -358,8 +358,12 @@ def _write_report(
     return found
 
 
-def _kind(result: RunResult) -> str:
-    return "single-task" if result.single_task else "joint"
+def _kind(single_task: bool) -> str:
+    return "single-task" if single_task else "joint"
+
+
+def _label(result: RunResult) -> str:
+    return f"{_kind(result.single_task)} {result.name} seed {result.seed}"
 
 
 def _short(metrics: Mapping[str, float], chosen: Mapping[str, Mapping[str, int]]) -> str:
@@ -473,11 +477,11 @@ def report(results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str) -> 
             "",
         ]
         for origin in origins:
-            names = [f"{_kind(r)} {r.name} seed {r.seed}" for r in results if r.origin == origin]
+            names = [_label(r) for r in results if r.origin == origin]
             lines.append(f"- code {origin[0]}, data {origin[1]}: {', '.join(names)}")
     if len(results) < total:
         missing = [
-            f"{'single-task' if s else 'joint'} {n} seed {k}"
+            f"{_kind(s)} {n} seed {k}"
             for n, s, k in sweep.plan()
             if not any(r.name == n and r.single_task == s and r.seed == k for r in results)
         ]
