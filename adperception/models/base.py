@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -69,34 +69,14 @@ class MultiTaskBaseModel(BaseModel):
     def parameter_tasks(self) -> dict[str, frozenset[str]]:
         """Every parameter's name → the tasks whose loss depends on it.
 
-        Traced, not declared: one loss pass on the subclass's ``probe_batch()``, each task's
-        loss differentiated with respect to every trainable parameter; a parameter belongs to a
-        task when it is in that loss's autograd graph. Traced in training mode, which is what
-        the balancer steps through (DINO's denoising queries and encoder proposals run only
-        there), with the modules that drop at random (dropout, stochastic depth) in eval mode,
-        so that no path is cut by chance. Every random stream is forked and every buffer
-        (running statistics) restored afterwards, so tracing at any step changes neither.
+        Traced, not declared: one loss pass on the subclass's ``probe_batch()`` under
+        ``loss_probe`` (so tracing at any step changes no random stream and no buffer), each
+        task's loss differentiated with respect to every trainable parameter; a parameter
+        belongs to a task when it is in that loss's autograd graph.
         """
         if self._parameter_tasks is None:
-            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-            was_training = self.training
-            buffers = [(b, b.detach().clone()) for b in self.buffers()]
-            # the legacy global streams, which data pipelines and mmdet draw from
-            python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-            with torch.random.fork_rng(devices=devices):
-                try:
-                    self.train()
-                    for module in self.modules():
-                        if _drops_at_random(module):
-                            module.eval()
-                    self._parameter_tasks = self._trace_parameter_tasks()
-                finally:
-                    self.train(was_training)
-                    with torch.no_grad():
-                        for buffer, saved in buffers:
-                            buffer.copy_(saved)
-                    random.setstate(python_state)
-                    np.random.set_state(numpy_state)  # noqa: NPY002
+            with loss_probe(self):
+                self._parameter_tasks = self._trace_parameter_tasks()
         return self._parameter_tasks
 
     def probe_batch(self) -> tuple[Tensor, list]:
@@ -120,6 +100,33 @@ class MultiTaskBaseModel(BaseModel):
     def frozen_parameter_tasks(self) -> dict[str, set[str]]:
         """Task sets of frozen parameters, which tracing cannot see; none by default."""
         return {}
+
+
+@contextmanager
+def loss_probe(model: nn.Module) -> Iterator[None]:
+    """A loss pass that changes nothing: training mode (what the balancer steps through: DINO's
+    denoising queries and encoder proposals run only there) with the modules that drop at
+    random (dropout, stochastic depth) in eval mode, so that no path is cut by chance; every
+    random stream forked and every buffer (running statistics) restored afterwards."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    was_training = model.training
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    # the legacy global streams, which data pipelines and mmdet draw from
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+    with torch.random.fork_rng(devices=devices):
+        try:
+            model.train()
+            for module in model.modules():
+                if _drops_at_random(module):
+                    module.eval()
+            yield
+        finally:
+            model.train(was_training)
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)  # noqa: NPY002
 
 
 def task_of_loss(key: str) -> str | None:

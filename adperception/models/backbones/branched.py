@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from adperception.models.backbones import efficientnet
 from adperception.models.layers.adapters import adapter_parameters, add_adapters
+from adperception.models.layers.hyper_adapters import AdapterHypernetwork, HyperAdaptedBlock
+from adperception.models.layers.task_norm import TaskSpecificNorm, add_task_norms, select_group
 from adperception.registry import MODELS
 from adperception.tasks.base import default_branches
 
@@ -152,7 +154,11 @@ class BranchedBackbone(nn.Module):
         shared_stages: 0..4 stages computed once for all tasks.
         branches: group name -> its tasks; each task in exactly one group.
         adapter: ``dict(type='bottleneck', reduction=4)``, ``dict(type='lora', rank=8,
-            alpha=16.0)``, a list of such dicts, or None.
+            alpha=16.0)``, ``dict(type='hyper', reduction=4, embed_dim=32, hidden=64)`` (one
+            hypernetwork generates every group's adapters, ``layers.hyper_adapters``), a list
+            of such dicts, or None.
+        task_norms: every norm layer of the shared stages gets one copy per group
+            (``layers.task_norm``); the shared stages then run once per group.
         freeze_backbone: freeze every backbone weight; only adapters (and later heads) train.
         norm_eval: BatchNorm layers (EfficientNet's) keep their running statistics in training
             too, as mmdet's ``norm_eval``; their affine weights still train. Batch statistics of
@@ -176,6 +182,7 @@ class BranchedBackbone(nn.Module):
         shared_stages: int = 2,
         branches: Mapping[str, Sequence[str]] | None = None,
         adapter: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = DEFAULT_ADAPTER,
+        task_norms: bool = False,
         freeze_backbone: bool = False,
         norm_eval: bool = True,
         drop_path_rate: float = 0.0,
@@ -220,17 +227,27 @@ class BranchedBackbone(nn.Module):
         adapter_cfgs = (
             [] if adapter is None else [adapter] if isinstance(adapter, Mapping) else adapter
         )
-        for stage_list in self.branches.values():
-            for index, unit in enumerate(stage_list, start=shared_stages):
-                stage = unit.stage if index == 0 else unit
-                for cfg in adapter_cfgs:
+        channel_dim = -1 if family.channels_last else 1
+        for cfg in adapter_cfgs:
+            if cfg["type"] == "hyper":
+                self._add_hyper_adapters(cfg, channel_dim)
+                continue
+            for stage_list in self.branches.values():
+                for index, unit in enumerate(stage_list, start=shared_stages):
                     add_adapters(
-                        stage,
+                        unit.stage if index == 0 else unit,
                         cfg,
                         dim=self.out_channels[index],
-                        channel_dim=-1 if family.channels_last else 1,
+                        channel_dim=channel_dim,
                         lora_targets=family.lora_targets,
                     )
+        self.task_norms: list[TaskSpecificNorm] = []
+        if task_norms:
+            if shared_stages == 0 or len(self.groups) < 2:
+                raise ValueError(
+                    "task_norms needs shared stages (shared_stages >= 1) and two or more groups"
+                )
+            self.task_norms = add_task_norms(self.trunk, self.groups)
         if freeze_backbone:
             self.requires_grad_(False)
             for _, param in adapter_parameters(self):
@@ -250,17 +267,49 @@ class BranchedBackbone(nn.Module):
                     module.eval()
         return self
 
-    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
-        shared = []
-        for unit in self.trunk:
-            x = unit(x)
-            shared.append(x)
-        shared_nchw = [self._to_nchw(f) for f in shared]
-        out = {}
+    def _add_hyper_adapters(self, cfg: Mapping[str, Any], channel_dim: int) -> None:
+        """Wrap every block of the branched stages in a ``HyperAdaptedBlock``; layer k is the
+        k-th branched block, the same k in every group."""
+        kwargs = {k: v for k, v in cfg.items() if k != "type"}
+        first = next(iter(self.branches.values()))
+        widths = [
+            self.out_channels[index]
+            for index, unit in enumerate(first, start=self.shared_stages)
+            for _ in (unit.stage if index == 0 else unit).blocks
+        ]
+        if not widths:
+            raise ValueError("hypernetwork adapters need branched stages (shared_stages < 4)")
+        self.hypernetwork = AdapterHypernetwork(self.groups, widths, **kwargs)
         for group, stage_list in self.branches.items():
-            feats = list(shared_nchw)
-            y = x
-            for unit in stage_list:
+            layer = 0
+            for index, unit in enumerate(stage_list, start=self.shared_stages):
+                blocks = (unit.stage if index == 0 else unit).blocks
+                for b, block in enumerate(blocks):
+                    blocks[b] = HyperAdaptedBlock(
+                        block, self.hypernetwork, group=group, layer=layer, channel_dim=channel_dim
+                    )
+                    layer += 1
+
+    def trunk_outputs(self, x: Tensor) -> dict[str, tuple[Tensor, list[Tensor]]]:
+        """Per group: the last shared stage's output as the branches take it, and the shared
+        stages' maps (NCHW). Computed once for all groups, or once per group with
+        ``task_norms``."""
+        passes = self.groups if self.task_norms else self.groups[:1]
+        outputs = {}
+        for group in passes:
+            select_group(self.task_norms, group)
+            y, maps = x, []
+            for unit in self.trunk:
+                y = unit(y)
+                maps.append(self._to_nchw(y))
+            outputs[group] = (y, maps)
+        return {g: outputs[g if self.task_norms else passes[0]] for g in self.groups}
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        out = {}
+        for group, (y, shared) in self.trunk_outputs(x).items():
+            feats = list(shared)
+            for unit in self.branches[group]:
                 y = unit(y)
                 feats.append(self._to_nchw(y))
             out[group] = feats
@@ -269,23 +318,45 @@ class BranchedBackbone(nn.Module):
     def _to_nchw(self, x: Tensor) -> Tensor:
         return x.permute(0, 3, 1, 2).contiguous() if self.channels_last else x
 
-    def parameter_tasks(self) -> dict[str, frozenset[str]]:
-        """Parameter name (as in ``named_parameters()``) -> the tasks whose outputs depend on it:
-        trunk parameters -> every task, a group's branch parameters -> that group's tasks."""
-        all_tasks = frozenset(self.task_groups)
-        group_tasks = {
+    def group_tasks(self) -> dict[str, frozenset[str]]:
+        return {
             g: frozenset(t for t, tg in self.task_groups.items() if tg == g) for g in self.groups
         }
-        result = {}
-        for name, _ in self.named_parameters():
-            part, _, rest = name.partition(".")
-            result[name] = all_tasks if part == "trunk" else group_tasks[rest.partition(".")[0]]
-        return result
+
+    def parameter_tasks(self) -> dict[str, frozenset[str]]:
+        """Parameter name (as in ``named_parameters()``) -> the tasks whose outputs depend on it:
+        a group's own parameters (its branch, its norm copies, its hypernetwork embedding) ->
+        that group's tasks, the rest (the trunk, the hypernetwork) -> every task."""
+        return {name: self._declared_tasks(name) for name, _ in self.named_parameters()}
+
+    def _declared_tasks(self, name: str) -> frozenset[str]:
+        group_tasks = self.group_tasks()
+        parts = name.split(".")
+        if parts[0] == "branches":
+            return group_tasks[parts[1]]
+        for marker in ("norms", "group_embeddings"):
+            if marker in parts[:-1]:
+                return group_tasks[parts[parts.index(marker) + 1]]
+        return frozenset(self.task_groups)
+
+    def parameter_stage(self, name: str) -> int | None:
+        """The stage (0-3) a parameter (named as in ``named_parameters()``) computes in: trunk,
+        branch and cross-stitch parameters; None for the rest (a hypernetwork, attention)."""
+        parts = name.split(".")
+        if parts[0] == "trunk":
+            return int(parts[1])
+        if parts[0] == "branches":
+            return self.shared_stages + int(parts[2])
+        if parts[0] == "stitches":
+            return self.shared_stages + int(parts[1])
+        return None
 
     def trainable_parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part: ``shared``, ``branch.<g>`` (backbone weights of group g's
         stages) and ``adapters.<g>``."""
         counts = {"shared": _count(self.trunk.parameters())}
+        if hasattr(self, "hypernetwork"):
+            counts["adapters.hypernetwork"] = _count(self.hypernetwork.parameters())
         for group, stage_list in self.branches.items():
             adapter_ids = {id(p) for _, p in adapter_parameters(stage_list)}
             params = list(stage_list.parameters())

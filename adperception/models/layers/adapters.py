@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adperception.models.layers.hyper_adapters import AdapterHypernetwork
+
 
 class BottleneckAdapter(nn.Module):
     """Residual bottleneck ``x + up(gelu(down(x)))`` acting on dimension ``channel_dim`` of x.
@@ -132,8 +134,9 @@ def inject_lora(
     return wrapped
 
 
-ADAPTER_TYPES = ("bottleneck", "lora")
-"""Adapter ``type`` names a config may use."""
+ADAPTER_TYPES = ("bottleneck", "lora", "hyper")
+"""Adapter ``type`` names a config may use; ``hyper`` spans every branch, so the backbone adds
+it (``BranchedBackbone``), not ``add_adapters``."""
 
 
 def add_adapters(
@@ -171,7 +174,7 @@ def adapter_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """Named parameters under ``module`` that belong to adapters (the rest is the backbone)."""
     for name, sub in module.named_modules():
         prefix = f"{name}." if name else ""
-        if isinstance(sub, BottleneckAdapter):
+        if isinstance(sub, BottleneckAdapter | AdapterHypernetwork):
             for param_name, param in sub.named_parameters():
                 yield prefix + param_name, param
         elif isinstance(sub, LoRALinear):
