@@ -186,9 +186,17 @@ class Sweep:
 
     def single_task_config(self, task: str) -> Config:
         """The joint network with ``task`` alone, as ``configs/single_task/`` builds it: one
-        branch group (no stage copied), that task's head and metric, plain weighting."""
+        branch group (no stage copied), that task's head and metric, plain weighting; the
+        optimizer keys of other heads (``heads.<other>``) dropped with them."""
         cfg = copy.deepcopy(self.joint)
         cfg.model.heads = {task: cfg.model.heads[task]}
+        if "custom_keys" in cfg.optim_wrapper.get("paramwise_cfg", {}):
+            keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+            cfg.optim_wrapper.paramwise_cfg.custom_keys = {
+                key: value
+                for key, value in keys.items()
+                if not key.startswith("heads.") or key.split(".")[1] == task
+            }
         cfg.model.backbone.branches = {task: [task]}
         cfg.model.balancer = dict(SINGLE_TASK_BALANCER)
         for key in ("val_evaluator", "test_evaluator"):

@@ -4,6 +4,8 @@ own parameters out of weight decay and gradient clipping."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from mmengine.logging import MessageHub
 from mmengine.optim import AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper
@@ -144,6 +146,13 @@ class MTLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     gradient norm throttle them. Without a ``paramwise_cfg`` they form a second parameter group
     with ``weight_decay=0``; with one, ``custom_keys['balancer.']`` gets ``decay_mult=0``.
 
+    Per-task optimizer groups are ``paramwise_cfg.custom_keys`` on the model's parameter names:
+    ``heads.<task>`` (a head), ``necks.<group>`` and ``backbone.branches.<group>`` (a group's
+    neck and backbone branch), each with its ``lr_mult`` / ``decay_mult``. A key that names no
+    parameter gets a warning naming it (mmengine matches keys as substrings and silently ignores
+    the rest, so a misspelt head would train at the base rate); not an error, since a config
+    derived by deleting a head may keep that head's key.
+
     It also refuses ``accumulative_counts > 1`` with a balancer that sets gradients itself
     (surgery, measurement steps): those steps take each micro-batch's per-task gradients alone,
     so accumulating micro-batches would silently mix exact and partial updates.
@@ -162,6 +171,7 @@ class MTLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         balancer = getattr(module, "balancer", None)
         own = [] if balancer is None else [p for p in balancer.parameters() if p.requires_grad]
         self._check_accumulation(balancer)
+        self._check_custom_keys(module)
         if own and not self.paramwise_cfg:
             optim_wrapper = self._two_groups(module, own)
         else:
@@ -174,6 +184,21 @@ class MTLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             )
         optim_wrapper.unclipped_params = frozenset(id(p) for p in own)
         return optim_wrapper
+
+    def _check_custom_keys(self, module: nn.Module) -> None:
+        names = [name for name, _ in module.named_parameters()]
+        unmatched = [
+            key
+            for key in self.paramwise_cfg.get("custom_keys", {})
+            if key != "balancer." and not any(key in name for name in names)
+        ]
+        if unmatched:
+            prefixes = sorted({".".join(name.split(".")[:2]) for name in names})
+            warnings.warn(
+                f"optim_wrapper.paramwise_cfg.custom_keys {unmatched} match no parameter of the "
+                f"model and do nothing; its parameters are under {prefixes}",
+                stacklevel=2,
+            )
 
     def _check_accumulation(self, balancer: nn.Module | None) -> None:
         counts = self.optim_wrapper_cfg.get("accumulative_counts", 1)

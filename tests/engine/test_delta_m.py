@@ -68,6 +68,9 @@ def test_the_single_task_runs_are_the_joint_network_with_one_task(sweep_config: 
     assert single.model.balancer == dict(type="EqualWeighting")
     assert single.test_evaluator.tasks == ("depth",)
     assert single.model.heads.depth == sweep.joint.model.heads.depth
+    # the quickstart's rate for the detection head goes with the heads this run lacks
+    assert set(sweep.joint.optim_wrapper.paramwise_cfg.custom_keys) == {"backbone", "heads.det"}
+    assert set(single.optim_wrapper.paramwise_cfg.custom_keys) == {"backbone"}
     assert sweep.plan() == [
         ("seg", True, 0),
         ("depth", True, 0),

@@ -73,6 +73,42 @@ def test_balancer_parameters_get_no_weight_decay(paramwise: bool) -> None:
     assert {id(p) for p in model.parameters()} <= set(decay)  # every parameter is optimised
 
 
+def test_per_task_optimizer_groups_set_each_head_and_branch_rate_and_decay() -> None:
+    """custom_keys per head and per branch: the head of a, the branch of c and the trunk each
+    get their own learning rate and weight decay, the rest the optimizer's."""
+    model = BranchedRegressor(dict(type="EqualWeighting"))
+    keys = {
+        "heads.a": dict(lr_mult=0.25, decay_mult=0.0),
+        "branch_c": dict(lr_mult=2.0),
+        "trunk": dict(lr_mult=0.1, decay_mult=2.0),
+    }
+    cfg = dict(optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.1))
+    wrapper = build(model, **cfg, paramwise_cfg=dict(custom_keys=keys))
+    settings = {
+        id(p): (group["lr"], group["weight_decay"])
+        for group in wrapper.param_groups
+        for p in group["params"]
+    }
+    expected = {
+        model.heads["a"].weight: (2.5e-4, 0.0),
+        model.heads["b"].weight: (1e-3, 0.1),
+        model.branch_c.weight: (2e-3, 0.1),
+        model.branch_ab.weight: (1e-3, 0.1),
+        model.trunk.weight: (1e-4, 0.2),
+    }
+    for param, (lr, decay) in expected.items():
+        assert settings[id(param)] == (pytest.approx(lr), pytest.approx(decay))
+
+
+def test_an_optimizer_key_that_names_no_parameter_is_named() -> None:
+    """mmengine matches custom_keys as substrings and ignores a key that matches nothing: a
+    misspelt head name would silently train at the base rate."""
+    model = BranchedRegressor(dict(type="EqualWeighting"))
+    cfg = dict(optimizer=dict(type="SGD", lr=0.1))
+    with pytest.warns(UserWarning, match=r"\['heads.d'\] match no parameter.*'heads.a'"):
+        build(model, **cfg, paramwise_cfg=dict(custom_keys={"heads.d": dict(lr_mult=0.5)}))
+
+
 def test_balancer_parameters_are_not_clipped() -> None:
     """Under a tight clip the network's update is clipped to the bound while the
     log-variances move by their full gradient, -½·e^(-s)·L_i + ½ = -L_i + ½ at the start
