@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from adperception.diagnostics.affinity import late_mean
 
 #: mmengine's run folders: ``%Y%m%d_%H%M%S``, which sorts by time.
 RUN_DIR = re.compile(r"\d{8}_\d{6}")
@@ -243,3 +246,38 @@ def plot_metric_curves(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, path)
+
+
+def plot_affinity(
+    kind: str,
+    steps: np.ndarray,
+    matrices: np.ndarray,
+    tasks: Sequence[str],
+    path: Path,
+    *,
+    snapshots: int = 5,
+) -> Path:
+    """The T×T affinity at up to ``snapshots`` measurement steps spread over the run, and its
+    late mean, as heat maps (row: the task that steps; column: the task affected)."""
+    picks = sorted(
+        {int(round(k)) for k in np.linspace(0, len(steps) - 1, min(snapshots, len(steps)))}
+    )
+    panels = [(f"iter {steps[k]}", matrices[k]) for k in picks]
+    panels.append(("late mean", late_mean(steps, matrices)))
+    limit = float(np.nanmax(np.abs(np.stack([m for _, m in panels])))) or 1.0
+    fig = Figure(figsize=(2.6 * len(panels) + 1, 3.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    mesh = None
+    for ax, (title, matrix) in zip(axes, panels, strict=True):
+        mesh = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu", vmin=-limit, vmax=limit)
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45)
+        ax.set_yticks(range(len(tasks)), tasks if ax is axes[0] else [])
+        ax.set_title(title)
+    axes[0].set_ylabel("step on task")
+    label = (
+        "lookahead 1 - L_j(after)/L_j (blue: helps)" if kind == "lookahead" else "gradient cosine"
+    )
+    fig.colorbar(mesh, ax=list(axes), label=label)
+    fig.suptitle(f"task affinity ({kind}): row's step onto column's loss")
+    fig.savefig(path, dpi=100)
+    return path
