@@ -5,6 +5,8 @@ python tools/benchmark.py train [--config configs/ad_mtl.py] [--height 512] [--w
                                 [--batch 1] [--iters 3] [--json FILE]
 python tools/benchmark.py balancers [--config configs/quickstart.py] [--batch 2] [--iters 8]
                                     [--methods NAME ...] [--json FILE]
+python tools/benchmark.py architectures [--configs NAME=CONFIG ...] [--batch 4] [--iters 5]
+                                        [--json FILE]
 python tools/benchmark.py inference [--sizes quick full] [--batches 1 8] [--iters N] [--amp]
                                     [--configs SIZE=CONFIG ...] [--json FILE] [--markdown FILE]
 """
@@ -237,6 +239,68 @@ def config_tasks(config: str) -> tuple[str, ...]:
 VARIANTS = ("fp32", "bf16", "bf16_channels_last")
 
 
+ARCHITECTURE_CONFIGS = {
+    "partial sharing + adapters (quickstart)": "configs/quickstart.py",
+    **{
+        name.replace("_", " "): f"configs/experiments/architectures/{name}.py"
+        for name in (
+            "hard_sharing",
+            "cross_stitch",
+            "sluice",
+            "mtan",
+            "hyper_adapters",
+            "task_norms",
+        )
+    },
+}
+
+
+def bench_architectures(args: argparse.Namespace) -> list[dict]:
+    """Per architecture config, at its training crop: trainable parameters, multiply-accumulates
+    per image of one forward (torch's FlopCounterMode: convolutions and matrix products; the
+    deformable attention's grid sampling is not counted), median seconds per training step (its
+    own balancer) on a SynthDrive batch, and images per second of batch-1 inference."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    configs = dict(item.split("=", 1) for item in args.configs) or dict(ARCHITECTURE_CONFIGS)
+    records = []
+    for name, config in configs.items():
+        cfg, model, wrapper = _build_trainable(config)
+        height, width = cfg.get("crop_size", (args.height, args.width))
+        batch = _synth_batch(args.batch, height, width)
+        times = []
+        for _ in range(args.iters + 1):  # the first step warms up (and traces the sharing)
+            start = time.perf_counter()
+            model.train_step(batch, wrapper)
+            times.append(time.perf_counter() - start)
+        model.eval()
+        inputs = torch.randn(1, 3, height, width)
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(inputs, mode="tensor")
+        forward_s = time_inference(
+            model, batch=1, height=height, width=width, iters=args.iters, warmup=1
+        )
+        record = {
+            "benchmark": "architectures",
+            "date": datetime.date.today().isoformat(),
+            "device": "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "architecture": name,
+            "config": config,
+            "height": height,
+            "width": width,
+            "batch": args.batch,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "macs_per_image": counter.get_total_flops() / 2,
+            "train_step_s_median": statistics.median(times[1:]),
+            "inference_images_per_s": 1.0 / forward_s,
+        }
+        print(json.dumps(record), file=sys.stderr, flush=True)  # progress, one line per network
+        records.append(record)
+    return records
+
+
 def build_inference_model(config: str, task: str | None = None):
     """A config's network in eval mode; ``task`` keeps one head and its own branch group, the way
     configs/single_task/*.py derive the single-task baselines from ad_mtl.py."""
@@ -460,6 +524,18 @@ def main() -> int:
         "--configs", nargs="+", default=[], metavar="SIZE=CONFIG", help="another 4-task network"
     )
     inference.add_argument("--markdown", type=Path, help="also write the table to this file")
+    architectures = sub.add_parser("architectures", help=bench_architectures.__doc__)
+    architectures.add_argument(
+        "--configs",
+        nargs="+",
+        default=[],
+        metavar="NAME=CONFIG",
+        help="the networks to measure (default: the architecture table's)",
+    )
+    architectures.add_argument("--batch", type=int, default=4)
+    architectures.add_argument("--iters", type=int, default=5, help="timed steps and forwards")
+    architectures.add_argument("--height", type=int, default=128, help="without crop_size")
+    architectures.add_argument("--width", type=int, default=256, help="without crop_size")
     one = sub.add_parser("inference-one", help=bench_inference_one.__doc__)
     one.add_argument("--config", required=True)
     one.add_argument("--task", help="keep this head only (derived single-task)")
@@ -469,13 +545,14 @@ def main() -> int:
     one.add_argument("--variant", choices=VARIANTS, default="fp32")
     one.add_argument("--iters", type=int, default=10)
     one.add_argument("--warmup", type=int, default=1)
-    for p in (synth, train, balancers, inference, one):
+    for p in (synth, train, balancers, architectures, inference, one):
         p.add_argument("--json", type=Path, help="also write the record to this file")
     args = parser.parse_args()
     commands = {
         "synth": bench_synth,
         "train": bench_train,
         "balancers": bench_balancers,
+        "architectures": bench_architectures,
         "inference": bench_inference,
         "inference-one": bench_inference_one,
     }

@@ -19,13 +19,16 @@ det reference 14.2 → 11.8 mAP_50 after a code and data change), so Δm compare
 with single-task runs of the same seed, code and data, and the report names any mixture.
 
 A sweep config (``configs/experiments/delta_m_*.py``) names the joint config, the budget, the
-seeds, each task's metrics with their direction, and the balancers:
+seeds, each task's metrics with their direction, and the balancers; optionally, other networks
+for the same tasks (``networks``: name → config file, each trained with its own config's
+balancer), compared with the same single-task runs of the joint config's network:
 
     joint = "configs/quickstart.py"
     iters = 500
     seeds = 3
     metrics = dict(det={"det/mAP_50": +1}, depth={"depth/abs_rel": -1}, ...)
     methods = dict(EqualWeighting=dict(type="EqualWeighting"), ...)
+    networks = dict(mtan="configs/experiments/architectures/mtan.py", ...)
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +151,7 @@ class Sweep:
     seeds: tuple[int, ...]
     metrics: dict[str, dict[str, int]]  # task -> {metric key: +1 higher is better, -1 lower}
     methods: dict[str, dict]  # name -> model.balancer
+    networks: dict[str, str] = field(default_factory=dict)  # name -> joint config file
 
     @classmethod
     def from_config(cls, cfg: Config) -> Sweep:
@@ -170,6 +174,14 @@ class Sweep:
                     f"{cfg.filename}: metrics.{task} must map metric keys to +1 (higher is "
                     f"better) or -1 (lower is better), got {dict(table)}"
                 )
+        networks = dict(cfg.get("networks", {}))
+        for name, path in networks.items():
+            other = set(Config.fromfile(path).model.heads)
+            if other != tasks or name in cfg.methods:
+                raise ValueError(
+                    f"{cfg.filename}: networks.{name} ({path}) must train the joint config's "
+                    f"tasks {sorted(tasks)} (it trains {sorted(other)}) under a name no method has"
+                )
         seeds = cfg.seeds
         seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
         return cls(
@@ -178,7 +190,13 @@ class Sweep:
             seeds=seeds,
             metrics={t: dict(m) for t, m in cfg.metrics.items()},
             methods={name: dict(b) for name, b in cfg.methods.items()},
+            networks=networks,
         )
+
+    @property
+    def joint_runs(self) -> list[str]:
+        """The names of the joint runs: the methods, then the networks."""
+        return [*self.methods, *self.networks]
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -207,8 +225,14 @@ class Sweep:
         return cfg
 
     def joint_config(self, method: str) -> Config:
-        cfg = copy.deepcopy(self.joint)
-        cfg.model.balancer = dict(self.methods[method])
+        """The joint network under the balancer ``method``, or the network ``method`` names in
+        ``networks`` with its own balancer."""
+        if method in self.networks:
+            cfg = Config.fromfile(self.networks[method])
+            cfg.model.balancer = dict(cfg.model.balancer)
+        else:
+            cfg = copy.deepcopy(self.joint)
+            cfg.model.balancer = dict(self.methods[method])
         if "measure_interval" not in cfg.model.balancer:  # the diagnostics hook's measurements
             cfg.model.balancer.measure_interval = self.joint.model.balancer.get(
                 "measure_interval", 50
@@ -217,7 +241,7 @@ class Sweep:
 
     def plan(self) -> list[tuple[str, bool, int]]:
         """(name, single_task, seed) of every run, single-task runs first."""
-        names = [(t, True) for t in self.tasks] + [(m, False) for m in self.methods]
+        names = [(t, True) for t in self.tasks] + [(m, False) for m in self.joint_runs]
         return [(name, single, seed) for seed in self.seeds for name, single in names]
 
 
@@ -312,13 +336,16 @@ def run_sweep(
     setup_runtime()
     full = sweep = Sweep.from_config(Config.fromfile(sweep_config))  # the report covers all
     if seeds is not None:
-        sweep = Sweep(sweep.joint, sweep.iters, tuple(seeds), sweep.metrics, sweep.methods)
+        sweep = replace(sweep, seeds=tuple(seeds))
     if methods is not None:
-        unknown = sorted(set(methods) - set(sweep.methods))
+        unknown = sorted(set(methods) - set(sweep.joint_runs))
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; the sweep has {list(sweep.methods)}")
-        table = {name: sweep.methods[name] for name in methods}
-        sweep = Sweep(sweep.joint, sweep.iters, sweep.seeds, sweep.metrics, table)
+            raise ValueError(f"unknown method(s) {unknown}; the sweep has {sweep.joint_runs}")
+        sweep = replace(
+            sweep,
+            methods={n: b for n, b in sweep.methods.items() if n in methods},
+            networks={n: c for n, c in sweep.networks.items() if n in methods},
+        )
     root, results, out = Path(work_dir), results_dir(out), Path(out)
     todo = [run for run in sweep.plan() if not result_path(results, *run).exists()]
     print(
@@ -440,7 +467,16 @@ def report(results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str) -> 
         "metric to the single-task run of the same seed, signed so that positive is better "
         "(↑ higher is better, ↓ lower is better): Δm > 0 means no negative transfer. "
         "Single-task runs train the same network with one head and one branch, with equal "
-        "weighting; joint runs differ only in `model.balancer`.",
+        "weighting; joint runs differ only in `model.balancer`"
+        + (
+            ", but for the other networks ("
+            + ", ".join(
+                f"{n}: `{Path(os.path.relpath(c)).as_posix()}`" for n, c in sweep.networks.items()
+            )
+            + "), each with its own config's balancer."
+            if sweep.networks
+            else "."
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -453,7 +489,7 @@ def report(results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str) -> 
         cells += ["0 (reference)" if runs else "–"]
         cells += [_mean_std([r.params / 1e6 for r in runs], 3), _mean_std([r.step_s for r in runs])]
         lines.append("| " + " | ".join(cells) + " |")
-    for method in sweep.methods:
+    for method in sweep.joint_runs:
         runs = [r for r in joint if r.name == method]
         cells = [method]
         cells += [_mean_std([r.metrics[key] for r in runs]) for _, key in keys]

@@ -86,6 +86,43 @@ def test_a_bad_sweep_config_is_named(tmp_path: Path, sweep_config: Path) -> None
         Sweep.from_config(Config.fromfile(bad))
 
 
+def test_other_networks_run_from_their_own_config_against_the_same_references(
+    tmp_path: Path, sweep_config: Path
+) -> None:
+    joint = Config.fromfile(sweep_config).joint
+    shared = tmp_path / "hard.py"
+    shared.write_text(
+        f"_base_ = [{joint!r}]\n"
+        "model = dict(backbone=dict(shared_stages=4, branches=dict(_delete_=True, "
+        "all=['seg', 'depth'])), balancer=dict(_delete_=True, type='PCGrad'))\n"
+    )
+    with_network = tmp_path / "sweep_networks.py"
+    with_network.write_text(sweep_config.read_text() + f"networks = dict(hard={str(shared)!r})\n")
+    sweep = Sweep.from_config(Config.fromfile(with_network))
+    assert sweep.plan() == [
+        ("seg", True, 0),
+        ("depth", True, 0),
+        ("EqualWeighting", False, 0),
+        ("hard", False, 0),
+    ]
+    network = sweep.joint_config("hard")
+    assert network.model.backbone.branches == {"all": ["seg", "depth"]}
+    assert network.model.balancer.type == "PCGrad"
+    assert network.model.balancer.measure_interval == 25  # the diagnostics' interval, as a method's
+    assert sweep.joint_config("EqualWeighting").model.backbone.shared_stages == 2
+    # the single-task references stay the joint config's network
+    assert sweep.single_task_config("seg").model.backbone.shared_stages == 2
+    other_tasks = tmp_path / "seg_only.py"
+    other_tasks.write_text(
+        f"_base_ = [{joint!r}]\n"
+        "model = dict(heads=dict(_delete_=True, seg={{_base_.model.heads.seg}}))\n"
+    )
+    bad = tmp_path / "bad_networks.py"
+    bad.write_text(sweep_config.read_text() + f"networks = dict(seg_only={str(other_tasks)!r})\n")
+    with pytest.raises(ValueError, match=r"networks.seg_only .* must train the joint config's"):
+        Sweep.from_config(Config.fromfile(bad))
+
+
 def test_a_tiny_sweep_reports_and_resumes(sweep_config: Path, tmp_path: Path, capsys) -> None:
     work, out = tmp_path / "work", tmp_path / "table.md"
     results = run_sweep(sweep_config, work_dir=work, out=out)

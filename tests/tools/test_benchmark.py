@@ -139,3 +139,30 @@ def test_balancers_reports_every_method_against_equal_weighting(tmp_path: Path) 
         < records["pcgrad"]["task_grad_peak_mb"]
         < records["pcgrad_reference"]["task_grad_peak_mb"]
     )
+
+
+def test_architectures_count_what_each_network_computes(tmp_path: Path) -> None:
+    """At the quickstart crop: hard sharing computes the last two stages once instead of once per
+    group, so fewer multiply-accumulates than partial sharing; cross-stitch computes a whole
+    backbone per group, so more; and the counts of parameters are those of the built models."""
+    configs = {
+        "partial": "configs/quickstart.py",
+        "hard": "configs/experiments/architectures/hard_sharing.py",
+        "stitch": "configs/experiments/architectures/cross_stitch.py",
+    }
+    command = [sys.executable, str(ROOT / "tools/benchmark.py"), "architectures", "--iters", "1"]
+    command += ["--batch", "2", "--configs", *(f"{k}={v}" for k, v in configs.items())]
+    command += ["--json", str(tmp_path / "a.json")]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=900)
+    records = {r["architecture"]: r for r in json.loads((tmp_path / "a.json").read_text())}
+    assert set(records) == set(configs)
+    macs = {name: r["macs_per_image"] for name, r in records.items()}
+    assert macs["hard"] < macs["partial"] < macs["stitch"]
+    assert all((r["height"], r["width"]) == (128, 256) for r in records.values())
+    assert all(
+        r["train_step_s_median"] > 0 and r["inference_images_per_s"] > 0 for r in records.values()
+    )
+    bench = _load_benchmark()
+    _, model, _ = bench._build_trainable(configs["hard"])
+    expected = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert records["hard"]["trainable_params"] == expected
