@@ -95,7 +95,7 @@ def test_sweep_config_builds_every_runs_balancer(config: str) -> None:
         single = sweep.single_task_config(task)
         assert set(single.model.heads) == {task}
         build_balancer(single.model.balancer, (task,))
-    for method in sweep.methods:
+    for method in sweep.joint_runs:
         build_balancer(sweep.joint_config(method).model.balancer, sweep.tasks)
 
 

@@ -40,6 +40,9 @@ class MultiTaskModel(MultiTaskBaseModel):
         backbone: a ``BranchedBackbone`` config; its ``branches`` decide which tasks share which
             later stages, and so which neck feeds which head.
         neck: one neck config (``in_channels`` is filled from the backbone), built per group.
+        group_necks: per group, keys that override ``neck`` for that group's neck, e.g.
+            ``dict(det=dict(start_level=1, num_outs=3))`` for a group of detection alone,
+            whose DETR reads the stride-8 to 32 maps only (a stride-4 level would never train).
         heads: ``{task: head config}`` for the tasks to train, each a registered task
             (``adperception.tasks``); they are kept in registration order.
         balancer: how the task losses are balanced (``adperception.balancing``); the default
@@ -56,6 +59,7 @@ class MultiTaskModel(MultiTaskBaseModel):
         backbone: dict,
         neck: dict,
         heads: dict[str, dict],
+        group_necks: dict[str, dict] | None = None,
         balancer: dict | None = None,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
@@ -76,8 +80,16 @@ class MultiTaskModel(MultiTaskBaseModel):
             )
         self.task_groups = {task: self.backbone.task_groups[task] for task in self.tasks}
         groups = sorted(set(self.task_groups.values()))
+        group_necks = dict(group_necks or {})
+        unknown = sorted(set(group_necks) - set(groups))
+        if unknown:
+            raise ValueError(
+                f"model.group_necks: {unknown} are not groups; the groups are {groups}"
+            )
         neck_cfg = {**neck, "in_channels": list(self.backbone.out_channels)}
-        self.necks = ModuleDict({group: MODELS.build(neck_cfg) for group in groups})
+        self.necks = ModuleDict(
+            {group: MODELS.build({**neck_cfg, **group_necks.get(group, {})}) for group in groups}
+        )
         self.heads = ModuleDict(
             {task: MODELS.build(head_config(task, heads[task])) for task in self.tasks}
         )

@@ -105,6 +105,19 @@ def test_unknown_or_mismatched_tasks_fail_at_construction() -> None:
     cfg.backbone.branches = dict(semantic=["det", "seg"], geometric=["depth"])
     with pytest.raises(ValueError, match="normals"):
         MODELS.build(cfg)
+    cfg = Config.fromfile(ROOT / "configs/quickstart.py").model
+    cfg.group_necks = dict(semantics=dict(num_outs=3))
+    with pytest.raises(ValueError, match=r"group_necks: \['semantics'\] are not groups"):
+        MODELS.build(cfg)
+
+
+def test_a_group_neck_override_changes_that_groups_neck_only() -> None:
+    setup_runtime()
+    cfg = Config.fromfile(ROOT / "configs/quickstart.py").model
+    cfg.group_necks = dict(geometric=dict(upsample_cfg=dict(mode="bilinear")))
+    model = MODELS.build(cfg)
+    assert model.necks["geometric"].upsample_cfg == dict(mode="bilinear")
+    assert model.necks["semantic"].upsample_cfg == dict(mode="nearest")
 
 
 def test_a_non_finite_task_loss_skips_the_step_and_repeated_ones_stop_training(
