@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from adperception.diagnostics.affinity import (
+    CONFLICT_COSINE,
     affinity_series,
     best_groupings,
     branch_point,
@@ -37,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         "--since", type=float, default=0.5, help="average the steps from this fraction of the run"
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.0, help="cosine below which groups stop sharing"
+        "--threshold",
+        type=float,
+        default=CONFLICT_COSINE,
+        help=f"mean cosine below which groups stop sharing (default {CONFLICT_COSINE})",
     )
     parser.add_argument("--out-dir", type=Path, help="where affinity.png and affinity.json go")
     args = parser.parse_args(argv)

@@ -39,6 +39,11 @@ from adperception.models.backbones.branched import STRIDES
 from adperception.models.base import loss_probe
 from adperception.registry import HOOKS
 
+CONFLICT_COSINE = -0.1
+"""The mean gradient cosine below which two tasks conflict at a stage: near-zero cosines are
+orthogonal gradients, not a conflict (the escalation's threshold on the cosine magnitude of
+conflicting pairs is 0.1 too)."""
+
 if TYPE_CHECKING:  # plots needs matplotlib, which training does not
     from adperception.diagnostics.plots import Series
 
@@ -307,7 +312,7 @@ def branch_point(
     cosines: Mapping[int, Mapping[tuple[str, str], float]],
     groups: Sequence[Sequence[str]],
     *,
-    threshold: float = 0.0,
+    threshold: float = CONFLICT_COSINE,
 ) -> tuple[int | None, list[str]]:
     """How many leading stages ``groups`` should share: the stages before the first one where
     some pair of tasks in different groups has a mean gradient cosine below ``threshold`` (they

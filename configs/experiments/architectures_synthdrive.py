@@ -11,7 +11,8 @@ methods = dict(
     partial_adapters=dict(type="Escalation", measure_interval=25, surgery_interval=8),
 )
 networks = dict(
-    hard_sharing=_arch + "hard_sharing.py",
+    hard_sharing=_arch + "hard_sharing.py",  # one group: the grouping of all tasks together
+    grouping_affinity=_arch + "grouping_affinity.py",  # tools/analyze_affinity.py's grouping
     task_norms=_arch + "task_norms.py",
     hyper_adapters=_arch + "hyper_adapters.py",
     mtan=_arch + "mtan.py",

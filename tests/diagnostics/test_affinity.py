@@ -148,7 +148,7 @@ def test_branch_point_shares_the_stages_where_the_groups_agree() -> None:
     groups = [("det", "seg"), ("depth", "normals")]
     cosines = {
         0: {("det", "depth"): 0.4, ("seg", "normals"): 0.2, ("det", "seg"): 0.5},
-        1: {("det", "depth"): 0.1, ("seg", "normals"): 0.05},
+        1: {("det", "depth"): -0.05, ("seg", "normals"): 0.05},  # orthogonal, not conflicting
         2: {("det", "depth"): 0.1, ("seg", "depth"): -0.2},
         3: {("det", "depth"): -0.5},
     }
