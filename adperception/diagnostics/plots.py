@@ -265,7 +265,7 @@ def plot_affinity(
     panels = [(f"iter {steps[k]}", matrices[k]) for k in picks]
     panels.append(("late mean", late_mean(steps, matrices)))
     limit = float(np.nanmax(np.abs(np.stack([m for _, m in panels])))) or 1.0
-    fig = Figure(figsize=(2.6 * len(panels) + 1, 3.2), layout="constrained")
+    fig = Figure(figsize=(2.6 * len(panels) + 1, 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     mesh = None
     for ax, (title, matrix) in zip(axes, panels, strict=True):
