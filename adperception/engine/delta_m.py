@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -136,11 +137,32 @@ def data_fingerprint(roots: Sequence[str | os.PathLike]) -> str:
     return _digest(parts)
 
 
+def source_commit() -> str | None:
+    """The git commit of the package's checkout, with ``+changes`` when its sources differ from
+    it; None outside a git checkout. Where to check out to resume a sweep with the same code."""
+    package = Path(adperception.__file__).parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=package,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if changed else "")
+
+
 def provenance(cfg: Config) -> dict[str, str]:
     return {
         "code": source_fingerprint(),
         "config": config_fingerprint(cfg),
         "data": data_fingerprint(data_roots(cfg)),
+        "commit": source_commit() or "unknown",
     }
 
 
@@ -536,4 +558,13 @@ def report(results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str) -> 
             f"To run them (finished runs are kept): `python tools/run_delta_m.py {sweep_config}`,"
             " with `--seeds K` for one seed at a time.",
         ]
+        commits = sorted({r.provenance["commit"] for r in results if "commit" in r.provenance})
+        if len(commits) == 1 and not commits[0].endswith("+changes") and commits[0] != "unknown":
+            lines += [
+                "",
+                f"The finished runs are of commit {commits[0][:12]}; Δm compares only runs of one "
+                "code version, so run the rest from a checkout of it: "
+                f"`git worktree add ../sweep {commits[0][:12]} && cd ../sweep && PYTHONPATH=. "
+                f"python tools/run_delta_m.py {sweep_config}` (with `data/` linked in).",
+            ]
     return "\n".join(lines) + "\n"

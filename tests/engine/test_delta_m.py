@@ -4,6 +4,7 @@ balancer, one seed, two iterations) trained, reported, and resumed at both level
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from adperception.engine.delta_m import (
     results_dir,
     run_dir,
     run_sweep,
+    source_commit,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,3 +217,19 @@ def test_delta_m_compares_only_runs_of_the_same_code_and_data(sweep_config: Path
     row = next(line for line in table.splitlines() if line.startswith("| EqualWeighting"))
     assert row.split(" | ")[3] == "5.00"  # (+10 % + 0 %) / 2
     assert "versions of the code" not in table
+
+
+def test_the_provenance_names_the_commit_to_resume_from() -> None:
+    """The commit of the package's checkout (git's own answer), marked when its sources have
+    uncommitted changes."""
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "adperception"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert source_commit() == head + ("+changes" if dirty else "")
