@@ -15,7 +15,8 @@ trained again; an unfinished one resumes from its last checkpoint in the work di
 Every result records its provenance (fingerprints of the package's sources, of the run's config
 and of the data files): a sweep that spans sessions can mix runs of different code or data, which
 moves the single-task references by more than the methods differ (measured on SynthDrive: the
-det reference 14.2 → 11.8 mAP_50 after a code and data change), so Δm compares a joint run only
+det reference 14.2 → 11.8 mAP_50 after a code and data change; float sums in another order,
+from other code or another thread count, diverge over a run), so Δm compares a joint run only
 with single-task runs of the same seed, code and data, and the report names any mixture.
 
 A sweep config (``configs/experiments/delta_m_*.py``) names the joint config, the budget, the
@@ -163,6 +164,7 @@ def provenance(cfg: Config) -> dict[str, str]:
         "config": config_fingerprint(cfg),
         "data": data_fingerprint(data_roots(cfg)),
         "commit": source_commit() or "unknown",
+        "torch_threads": str(torch.get_num_threads()),
     }
 
 
