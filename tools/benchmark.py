@@ -166,6 +166,8 @@ BALANCER_METHODS = {
     "escalation": dict(type="Escalation"),
     "pcgrad_k8": dict(type="PCGrad", surgery_interval=8),
     "pcgrad_chunked": dict(type="PCGrad", chunk_numel=1 << 18),
+    "pcgrad_batched": dict(type="PCGrad", batched_backward=True),
+    "pcgrad_sequential": dict(type="PCGrad", batched_backward=False),
     "pcgrad_reference": dict(type="PCGradReference"),
 }
 

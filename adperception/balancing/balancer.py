@@ -42,7 +42,7 @@ from adperception.registry import BALANCERS
 #: "partial": a step on which some task has no labelled sample (``_partial_step``).
 STEP_KINDS = ("weighted", "task_gradients", "amortised", "partial")
 #: What a config may give a weighting-only ``model.balancer`` for the step driver.
-DRIVER_ARGS = ("measure_interval", "chunk_numel", "bucket_numel", "seed")
+DRIVER_ARGS = ("measure_interval", "chunk_numel", "bucket_numel", "batched_backward", "seed")
 
 
 def agree_losses(task_losses: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,6 +80,10 @@ class GradientBalancer(nn.Module):
             task and chunk, and each group's update is then applied by one more backward of
             its weighted loss: memory T × chunk_numel instead of T × shared, for more time.
         bucket_numel: elements per all-reduce when averaging gradients over ranks.
+        batched_backward: the T task gradients of each chunk in one batched vector-Jacobian
+            product (``is_grads_batched``, the same numbers) instead of T backwards; None: batched
+            on a GPU, where it runs the T backwards in parallel, sequential on the CPU, where it
+            measured 1.16x slower per PCGrad step (docs/benchmarks.md).
         seed: seeds the aggregator's randomness (PCGrad's order) per step, identically on every
             rank and across a resume.
         **aggregator_kwargs: the aggregator's own options (CAGrad's ``c``, ...).
@@ -94,6 +98,7 @@ class GradientBalancer(nn.Module):
         measure_interval: int | None = None,
         chunk_numel: int | None = None,
         bucket_numel: int = 1 << 24,
+        batched_backward: bool | None = None,
         seed: int = 0,
         **aggregator_kwargs,
     ) -> None:
@@ -123,6 +128,7 @@ class GradientBalancer(nn.Module):
         self.measure_interval = measure_interval
         self.chunk_numel = chunk_numel
         self.bucket_numel = bucket_numel
+        self.batched_backward = batched_backward
         self.seed = seed
         self.aggregator_kwargs = self._checked_aggregator_kwargs(aggregator, aggregator_kwargs)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
@@ -154,7 +160,7 @@ class GradientBalancer(nn.Module):
             raise TypeError(
                 f"balancer with aggregator {aggregator!r}: unknown argument(s) {unknown}; "
                 "besides weighting, surgery_interval, measure_interval, chunk_numel, "
-                f"bucket_numel and seed it takes {sorted(accepted) or 'nothing'}"
+                f"bucket_numel, batched_backward and seed it takes {sorted(accepted) or 'nothing'}"
             )
         return kwargs
 
@@ -382,7 +388,12 @@ class GradientBalancer(nn.Module):
         """One backward per task, the aggregator per group: the gradients to apply, or None
         when a task gradient is not finite (on any rank: the rows are rank-averaged)."""
         scale = float(scaler.get_scale()) if scaler is not None else 1.0
-        gradients = TaskGradients(self.tasks, layout, self.chunk_numel, self.bucket_numel)
+        batched = self.batched_backward
+        if batched is None:
+            batched = task_losses.device.type == "cuda"
+        gradients = TaskGradients(
+            self.tasks, layout, self.chunk_numel, self.bucket_numel, batched=batched
+        )
         gradients.compute(scaled, scale)
         if self.peak_task_gradient_bytes == 0:
             groups = ", ".join(f"{g.name} ({g.numel / 1e6:.2f} M)" for g in layout.groups)

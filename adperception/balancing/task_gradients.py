@@ -26,9 +26,12 @@ class TaskGradients:
 
     The shared parameters are visited in chunks (one chunk when ``chunk_numel`` is None); per
     chunk, one backward per task through the chunk's parameters it shares (and, with the first
-    chunk, its private ones), the rows averaged over ranks, unscaled into the group's Gram
-    matrix. Unchunked, the rows are kept and the update is ``aᵀ G``; chunked, they are dropped
-    and the update is one more backward of the group's re-weighted loss.
+    chunk, its private ones), or with ``batched`` one batched vector-Jacobian product of the T
+    losses against the T one-hot cotangents (``torch.autograd.grad(..., is_grads_batched=True)``:
+    the same gradients, a task's row zero where it reaches nothing), the rows averaged over
+    ranks, unscaled into the group's Gram matrix. Unchunked, the rows are kept and the update is
+    ``aᵀ G``; chunked, they are dropped and the update is one more backward of the group's
+    re-weighted loss.
     """
 
     def __init__(
@@ -37,8 +40,11 @@ class TaskGradients:
         layout: SharingLayout,
         chunk_numel: int | None,
         bucket_numel: int,
+        *,
+        batched: bool = False,
     ) -> None:
         self.tasks = tasks
+        self.batched = batched
         self.layout = layout
         self.groups = {g.name: g for g in layout.groups}
         self.bucket_numel = bucket_numel
@@ -79,14 +85,18 @@ class TaskGradients:
                     len(group.tasks), offset, dtype=ref.dtype, device=ref.device
                 )
             private: list[Tensor] = []
+            found = self._batched_grads(scaled, chunk, c) if self.batched else None
             for i, task in enumerate(self.tasks):
                 params = [p for g, p in chunk if task in g.tasks]
                 extra = list(self.layout.private[task]) if c == 0 else []
                 if not params and not extra:
                     continue
-                grads = torch.autograd.grad(
-                    scaled[i], params + extra, retain_graph=True, allow_unused=True
-                )
+                if found is None:
+                    grads = torch.autograd.grad(
+                        scaled[i], params + extra, retain_graph=True, allow_unused=True
+                    )
+                else:
+                    grads = [found[p][i] if p in found else None for p in params + extra]
                 for param, grad in zip(params, grads[: len(params)], strict=True):
                     if grad is not None:
                         name, offset = offsets[param]
@@ -113,6 +123,26 @@ class TaskGradients:
                 for i, task in enumerate(self.tasks):
                     for param in self.layout.private[task]:
                         self.finite[i] &= bool(torch.isfinite(self.private[param]).all())
+
+    def _batched_grads(
+        self, scaled: list[Tensor], chunk: list[tuple[SharingGroup, nn.Parameter]], c: int
+    ) -> dict[nn.Parameter, Tensor]:
+        """Every task's gradient at every parameter of the chunk (and, with the first chunk,
+        the private ones): parameter → T×shape, from one batched backward."""
+        params = list(dict.fromkeys([p for _, p in chunk]))
+        if c == 0:
+            params += [p for task in self.tasks for p in self.layout.private[task]]
+        losses = torch.stack([loss.reshape(()) for loss in scaled])
+        cotangents = torch.eye(len(scaled), dtype=losses.dtype, device=losses.device)
+        grads = torch.autograd.grad(
+            losses,
+            params,
+            grad_outputs=cotangents,
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        return {p: g for p, g in zip(params, grads, strict=True) if g is not None}
 
     def apply(self, group: SharingGroup, a: Tensor, scaled: list[Tensor]) -> Tensor:
         """Set the group's parameters' ``.grad`` to its update; returns the flat update."""

@@ -16,7 +16,7 @@ import torch
 from mmengine.logging import MessageHub, MMLogger
 from mmengine.optim import OptimWrapper
 
-from adperception.balancing import functional
+from adperception.balancing import build_balancer, functional
 from adperception.engine.optim_wrapper import MTLAmpOptimWrapper, MTLOptimWrapper
 from tests.balancing.models_for_tests import TASKS, BranchedRegressor, batch, tie_tasks
 
@@ -313,6 +313,46 @@ def test_escalation_stays_with_uncertainty_weighting_when_tasks_agree() -> None:
     assert not bool(model.balancer.escalated)
     assert int(model.balancer.measurements) == 8
     assert float(model.balancer.conflict.ema) == 0.0
+
+
+@pytest.mark.parametrize("chunk_numel", [None, 10])
+def test_batched_task_gradients_give_the_exact_surgery_update(chunk_numel: int | None) -> None:
+    """One batched backward per chunk: the update of PCGrad per sharing group computed from
+    one backward per task outside the balancer, whole or chunked."""
+    weighting = dict(type="StaticWeighting", weights=dict(a=1.0, b=2.0, c=0.5))
+    balancer = dict(type="PCGrad", weighting=weighting, seed=7, batched_backward=True)
+    model, optim_wrapper = make(dict(balancer, chunk_numel=chunk_numel))
+    data = batch(1)
+    generator = torch.Generator().manual_seed(7)
+
+    def aggregate(group, rows):
+        a = functional.AGGREGATORS["pcgrad"](rows.double() @ rows.double().T, generator=generator)
+        return a.to(rows) @ rows
+
+    expected = reference_update(model, data, torch.tensor([1.0, 2.0, 0.5]), aggregate)
+    assert_updates(step_and_diff(model, optim_wrapper, data), expected)
+
+
+def test_batched_and_sequential_task_gradients_agree_under_amp() -> None:
+    results = []
+    for batched in (False, True):
+        torch.manual_seed(0)
+        model = BranchedRegressor(dict(type="NashMTL", batched_backward=batched))
+        optim_wrapper = MTLAmpOptimWrapper(
+            optimizer=torch.optim.SGD(model.parameters(), lr=1.0), loss_scale=2.0**10
+        )
+        results.append(step_and_diff(model, optim_wrapper, batch(8)))
+    for name, value in results[0].items():
+        torch.testing.assert_close(results[1][name], value, rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_batched_backward_is_chosen_by_device_unless_a_config_says() -> None:
+    assert build_balancer(dict(type="PCGrad"), TASKS).batched_backward is None
+    assert (
+        build_balancer(dict(type="PCGrad", batched_backward=False), TASKS).batched_backward is False
+    )
+    weighting_only = build_balancer(dict(type="EqualWeighting", batched_backward=True), TASKS)
+    assert weighting_only.batched_backward is True
 
 
 @pytest.mark.parametrize("aggregator", ["NashMTL", "PCGrad"])
