@@ -404,16 +404,17 @@ def run_sweep(
                 f"{kind} {name} seed {seed}: {_short(result.metrics, sweep.metrics)} "
                 f"({time.perf_counter() - start:.0f} s)"
             )
-            _write_report(out, results, full, sweep_config)  # a partial table after every run
-    return _write_report(out, results, full, sweep_config)
+            _write_report(out, results, full, sweep_config, root)  # a partial table each run
+    return _write_report(out, results, full, sweep_config, root)
 
 
 def _write_report(
-    out: Path, results: Path, sweep: Sweep, sweep_config: str | os.PathLike
+    out: Path, results: Path, sweep: Sweep, sweep_config: str | os.PathLike, work_dir: Path
 ) -> list[RunResult]:
     found = load_results(results, sweep)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report(found, sweep, sweep_config=str(sweep_config)))
+    command = f"python tools/run_delta_m.py {sweep_config} --work-dir {work_dir} --out {out}"
+    out.write_text(report(found, sweep, sweep_config=str(sweep_config), command=command))
     return found
 
 
@@ -469,9 +470,13 @@ def _mean_std(values: Sequence[float], digits: int | None = None) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def report(results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str) -> str:
+def report(
+    results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str, command: str | None = None
+) -> str:
     """The Markdown table: single-task rows, then one row per method; Δm per seed against that
-    seed's single-task runs, mean ± sample std over the seeds that have all of them."""
+    seed's single-task runs, mean ± sample std over the seeds that have all of them; ``command``
+    is what resumes the sweep (default: ``tools/run_delta_m.py`` on ``sweep_config``)."""
+    command = command or f"python tools/run_delta_m.py {sweep_config}"
     keys = [(task, key) for task, table in sweep.metrics.items() for key in table]
     single = {(r.name, r.seed, r.origin): r for r in results if r.single_task}
     joint = [r for r in results if not r.single_task]
@@ -557,8 +562,8 @@ def report(results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str) -> 
             "",
             f"Not run yet ({len(missing)}): {', '.join(missing)}.",
             "",
-            f"To run them (finished runs are kept): `python tools/run_delta_m.py {sweep_config}`,"
-            " with `--seeds K` for one seed at a time.",
+            f"To run them (finished runs are kept): `{command}`, with `--seeds K` for one seed at "
+            "a time.",
         ]
         commits = sorted({r.provenance["commit"] for r in results if "commit" in r.provenance})
         if len(commits) == 1 and not commits[0].endswith("+changes") and commits[0] != "unknown":
@@ -567,6 +572,6 @@ def report(results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str) -> 
                 f"The finished runs are of commit {commits[0][:12]}; Δm compares only runs of one "
                 "code version, so run the rest from a checkout of it: "
                 f"`git worktree add ../sweep {commits[0][:12]} && cd ../sweep && PYTHONPATH=. "
-                f"python tools/run_delta_m.py {sweep_config}` (with `data/` linked in).",
+                f"{command}` (with `data/` linked in, and these results copied in).",
             ]
     return "\n".join(lines) + "\n"

@@ -2,8 +2,7 @@
 # budget (300 iterations, as the Δm sweep of delta_m_synthdrive.py), seeds 0-2; every network
 # against the same single-task runs of the quickstart network, each with the quickstart's
 # balancer (the escalation). Run it in parts; finished runs are kept and a second call resumes:
-#   python tools/run_delta_m.py configs/experiments/architectures_synthdrive.py \
-#       --work-dir work_dirs/architectures --out docs/experiments/architectures_delta_m.md
+#   python tools/run_delta_m.py configs/experiments/architectures_synthdrive.py
 _base_ = ["delta_m_synthdrive.py"]
 _arch = "configs/experiments/architectures/"
 methods = dict(
@@ -19,3 +18,6 @@ networks = dict(
     cross_stitch=_arch + "cross_stitch.py",
     sluice=_arch + "sluice.py",
 )
+# the report; the finished runs are kept beside it, in its folder's results/
+out = "docs/experiments/architectures_delta_m.md"
+work_dir = "work_dirs/architectures"

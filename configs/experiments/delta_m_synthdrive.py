@@ -32,3 +32,6 @@ methods = dict(
     CAGrad=dict(type="CAGrad"),
     NashMTL=dict(type="NashMTL"),
 )
+# the report; the finished runs are kept beside it, in docs/experiments/synthdrive/results
+out = "docs/experiments/synthdrive.md"
+work_dir = "work_dirs/delta_m"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,7 @@ def test_a_tiny_sweep_reports_and_resumes(sweep_config: Path, tmp_path: Path, ca
     assert [r.name for r in partial] == ["seg", "depth"]
     table = out.read_text()
     assert "Not run yet (1): joint EqualWeighting seed 0." in table
-    assert f"`python tools/run_delta_m.py {sweep_config}`" in table
+    assert f"`python tools/run_delta_m.py {sweep_config} --work-dir {work} --out {out}`" in table
     again = run_sweep(sweep_config, work_dir=work, out=out)
     assert {r.name: r.metrics for r in again}["EqualWeighting"] == joint.metrics
     assert json.loads(result.read_text())["metrics"] == joint.metrics
@@ -233,3 +234,20 @@ def test_the_provenance_names_the_commit_to_resume_from() -> None:
         check=True,
     ).stdout.strip()
     assert source_commit() == head + ("+changes" if dirty else "")
+
+
+def test_the_tool_takes_the_report_and_work_dir_from_the_sweep_config(
+    sweep_config: Path, tmp_path: Path
+) -> None:
+    """No --out and no ``out`` in the config: a named error, nothing trained."""
+    tool = ROOT / "tools/run_delta_m.py"
+    proc = subprocess.run(
+        [sys.executable, str(tool), str(sweep_config)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2 and "names no report" in proc.stderr
+    for name in ("delta_m_synthdrive", "architectures_synthdrive"):
+        cfg = Config.fromfile(ROOT / f"configs/experiments/{name}.py")
+        assert cfg.out.startswith("docs/experiments/") and cfg.work_dir.startswith("work_dirs/")
+    assert Config.fromfile(ROOT / "configs/experiments/architectures_synthdrive.py").out != (
+        Config.fromfile(ROOT / "configs/experiments/delta_m_synthdrive.py").out
+    )
