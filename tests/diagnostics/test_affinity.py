@@ -5,6 +5,7 @@ training run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -189,7 +190,16 @@ class Regressions(torch.utils.data.Dataset):
         return dict(inputs=self.x[idx], data_samples=self.y[idx])
 
 
-def test_hook_in_a_real_run_and_the_tool_recommends_a_grouping(tmp_path: Path) -> None:
+def _load_tool():
+    spec = importlib.util.spec_from_file_location(
+        "analyze_affinity", ROOT / "tools/analyze_affinity.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hook_in_a_real_run_and_the_tool_recommends_a_grouping(tmp_path: Path, capsys) -> None:
     """b's target is minus a's, c's another function: a run logs the lookahead affinity every
     2 iterations and the tool, given a budget of 2 groups, keeps a and b apart."""
     runner = MTLRunner(
@@ -246,26 +256,8 @@ def test_hook_in_a_real_run_and_the_tool_recommends_a_grouping(tmp_path: Path) -
     (cosine_only / path.parent.parent.name / "vis_data" / "scalars.json").write_text(
         "".join(json.dumps(r) + "\n" for r in kept)
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "tools/analyze_affinity.py",
-            str(cosine_only),
-            "--out-dir",
-            str(tmp_path / "out2"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    tool = _load_tool()  # the command line ran above: the other cases in this process
+    assert tool.main([str(cosine_only), "--out-dir", str(tmp_path / "out2")]) == 0
     assert json.loads((tmp_path / "out2" / "affinity.json").read_text())["kind"] == "cosine"
-    proc = subprocess.run(
-        [sys.executable, "tools/analyze_affinity.py", str(tmp_path / "nowhere")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 1 and "analyze_affinity:" in proc.stderr
+    assert tool.main([str(tmp_path / "nowhere")]) == 1
+    assert "analyze_affinity:" in capsys.readouterr().err

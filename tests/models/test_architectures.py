@@ -11,7 +11,6 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
-from mmengine.optim import build_optim_wrapper
 from torch import nn
 
 from adperception.balancing.layout import SharingLayout
@@ -248,17 +247,14 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_every_architecture_traces_its_sharing_and_takes_a_surgery_step(
-    architecture: str, batch: dict
-) -> None:
+def test_every_architecture_traces_its_sharing(architecture: str, batch: dict) -> None:
     """Each architecture's config: the traced parameter→task map is what autograd reaches from
-    every task's loss, the sharing groups follow from it (a cross-stitch unit's parameters
-    shared by the tasks it mixes, a hypernetwork's by all), and a PCGrad step per sharing group
-    trains it with finite losses."""
+    every task's loss, and the sharing groups follow from it (a cross-stitch unit's parameters
+    shared by the tasks it mixes, a hypernetwork's by all). tests/test_configs.py trains each
+    config one step with its balancer."""
     torch.manual_seed(0)
     setup_runtime()
     cfg = Config.fromfile(ROOT / f"configs/experiments/architectures/{architecture}.py")
-    cfg.model.balancer = dict(type="PCGrad")
     model = MODELS.build(cfg.model)
     model.init_weights()
     owners = model.parameter_tasks()
@@ -291,9 +287,3 @@ def test_every_architecture_traces_its_sharing_and_takes_a_surgery_step(
         assert any(".norms.semantic." in n for n in groups[("det", "seg")])
     if architecture == "mtan":
         assert not any(n.startswith("backbone.attention.") for n in everyone)
-
-    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    before = {n: p.detach().clone() for n, p in params.items()}
-    log_vars = model.train_step(batch, optim_wrapper)
-    assert all(torch.isfinite(log_vars[f"loss_{t}"]) for t in TASKS)
-    assert not torch.equal(before[next(iter(everyone))], params[next(iter(everyone))])

@@ -134,9 +134,9 @@ def inject_lora(
     return wrapped
 
 
-ADAPTER_TYPES = ("bottleneck", "lora", "hyper")
-"""Adapter ``type`` names a config may use; ``hyper`` spans every branch, so the backbone adds
-it (``BranchedBackbone``), not ``add_adapters``."""
+ADAPTER_TYPES = ("bottleneck", "lora")
+"""Adapter ``type`` names ``add_adapters`` puts into one stage. A config may also name
+``hyper``, which spans every branch, so ``BranchedBackbone`` adds it (``hyper_adapters``)."""
 
 
 def add_adapters(
@@ -167,7 +167,10 @@ def add_adapters(
     if kind == "lora":
         kwargs.setdefault("targets", lora_targets)
         return inject_lora(stage, **kwargs)
-    raise KeyError(f"unknown adapter type {kind!r}; choose from {ADAPTER_TYPES}")
+    raise KeyError(
+        f"unknown adapter type {kind!r}; choose from {ADAPTER_TYPES}, or 'hyper' for the "
+        "backbone's hypernetwork adapters"
+    )
 
 
 def adapter_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
