@@ -50,14 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         scalars = read_scalars(path)
         tasks = tuple(k[len("loss_") :] for k in scalars if k.startswith("loss_"))
         kind, steps, matrices = affinity_series(scalars, tasks)
-        ranked = {
-            n: best_groupings(late_mean(steps, matrices, since=args.since), tasks, max_groups=n)
-            for n in range(1, args.budget + 1)
-        }
+        matrix = late_mean(steps, matrices, since=args.since)
+        ranked = {n: best_groupings(matrix, tasks, max_groups=n) for n in range(1, args.budget + 1)}
     except (FileNotFoundError, ValueError) as err:
         print(f"analyze_affinity: {err}", file=sys.stderr)
         return 1
-    matrix = late_mean(steps, matrices, since=args.since)
     out_dir = args.out_dir or path.parents[1] / "affinity"
     out_dir.mkdir(parents=True, exist_ok=True)
     print(

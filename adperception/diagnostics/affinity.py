@@ -131,30 +131,19 @@ def measure_affinity(
 def _stage_cosines(
     tasks: tuple[str, ...], grads: Mapping[str, Mapping[str, Tensor]], stage_of
 ) -> dict[int, np.ndarray]:
-    stages = sorted(
-        {
-            s
-            for g in grads.values()
-            for n in g
-            if (s := stage_of(n.removeprefix("backbone."))) is not None
-        }
-    )
+    stage = {n: stage_of(n.removeprefix("backbone.")) for g in grads.values() for n in g}
     result = {}
-    for stage in stages:
+    for k in sorted({s for s in stage.values() if s is not None}):
         cos = np.full((len(tasks), len(tasks)), np.nan)
         for (i, a), (j, b) in itertools.combinations(enumerate(tasks), 2):
-            common = [
-                n
-                for n in grads[a]
-                if n in grads[b] and stage_of(n.removeprefix("backbone.")) == stage
-            ]
+            common = [n for n in grads[a] if n in grads[b] and stage[n] == k]
             if not common:
                 continue
             ga = torch.cat([grads[a][n].reshape(-1) for n in common]).double()
             gb = torch.cat([grads[b][n].reshape(-1) for n in common]).double()
             denom = float(ga.norm() * gb.norm())
             cos[i, j] = cos[j, i] = float(ga @ gb) / denom if denom > 0 else 0.0
-        result[stage] = cos
+        result[k] = cos
     return result
 
 

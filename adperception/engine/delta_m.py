@@ -253,7 +253,6 @@ class Sweep:
         ``networks`` with its own balancer."""
         if method in self.networks:
             cfg = Config.fromfile(self.networks[method])
-            cfg.model.balancer = dict(cfg.model.balancer)
         else:
             cfg = copy.deepcopy(self.joint)
             cfg.model.balancer = dict(self.methods[method])

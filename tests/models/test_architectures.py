@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.dataset import pseudo_collate
 from torch import nn
 
 from adperception.balancing.layout import SharingLayout
-from adperception.data.datasets import SynthDrive
-from adperception.data.synth import generate_dataset
 from adperception.engine import setup_runtime
 from adperception.models.backbones import (
     BranchedBackbone,
@@ -24,6 +21,7 @@ from adperception.models.backbones import (
 )
 from adperception.models.layers import CrossStitch, TaskAttention, adapter_parameters
 from adperception.registry import MODELS
+from tests.models.batches_for_tests import synthdrive_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVNEXT = "convnext_atto"
@@ -85,6 +83,17 @@ def test_cross_stitch_rejects_what_it_cannot_mix(kwargs: dict, message: str) -> 
         CrossStitch(**kwargs)
 
 
+def assert_same_maps(out: dict, expected: dict, *, exact: bool = False) -> None:
+    """Every group's 4 maps equal (``exact``) or close (float tolerance) to ``expected``'s."""
+    assert set(out) == set(expected) == set(BRANCHES)
+    for group in BRANCHES:
+        for a, b in zip(out[group], expected[group], strict=True):
+            if exact:
+                assert torch.equal(a, b), group
+            else:
+                torch.testing.assert_close(a, b)
+
+
 def _copy_shared_weights(source: nn.Module, target: nn.Module) -> None:
     """``target``'s weights that ``source`` has under the same name, from ``source``."""
     own = target.state_dict()
@@ -108,9 +117,7 @@ def test_cross_stitch_backbone_at_identity_is_the_branched_backbone_and_mixes_af
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected, out = plain(x), stitched(x)
-    for group in BRANCHES:
-        for a, b in zip(out[group], expected[group], strict=True):
-            torch.testing.assert_close(a, b)
+    assert_same_maps(out, expected)
 
     mixed = CrossStitchBackbone(init_self=0.9, **kwargs)
     sum(f.square().mean() for f in mixed(x)["geometric"]).backward()
@@ -179,9 +186,7 @@ def test_task_norms_start_as_the_shared_norm_and_then_belong_to_their_group() ->
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected, out = plain(x), normed(x)
-        for group in BRANCHES:
-            for a, b in zip(out[group], expected[group], strict=True):
-                torch.testing.assert_close(a, b)
+        assert_same_maps(out, expected)
         for task_norm in normed.task_norms:
             task_norm.norms["semantic"].bias.add_(0.5)
         changed = normed(x)
@@ -210,9 +215,7 @@ def test_hypernetwork_adapters_start_as_identity_and_are_one_network_for_all_gro
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected, out = plain(x), hyper(x)
-    for group in BRANCHES:
-        for a, b in zip(out[group], expected[group], strict=True):
-            assert torch.equal(a, b)
+    assert_same_maps(out, expected, exact=True)
     # one parameter set, in the backbone, whatever the number of adapted blocks and groups
     names = [n for n, _ in hyper.named_parameters()]
     assert len(names) == len(set(names))
@@ -239,11 +242,7 @@ def test_hypernetwork_adapters_start_as_identity_and_are_one_network_for_all_gro
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    setup_runtime()
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, {"val": 2}, seed=11, height=64, width=128)
-    dataset = SynthDrive(data_root=str(root), split="val", pipeline=[dict(type="PackMTLInputs")])
-    return pseudo_collate([dataset[0], dataset[1]])
+    return synthdrive_batch(tmp_path_factory.mktemp("synth"), seed=11)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

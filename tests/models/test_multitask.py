@@ -7,15 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.dataset import pseudo_collate
 from mmengine.logging import MessageHub
 from mmengine.optim import build_optim_wrapper
 
-from adperception.data.datasets import SynthDrive
-from adperception.data.synth import generate_dataset
 from adperception.engine import setup_runtime
 from adperception.engine.optim_wrapper import NonFiniteLossError
 from adperception.registry import MODELS
+from tests.models.batches_for_tests import synthdrive_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("det", "seg", "depth", "normals")
@@ -23,11 +21,7 @@ TASKS = ("det", "seg", "depth", "normals")
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    setup_runtime()
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, {"val": 2}, seed=11, height=64, width=128)
-    dataset = SynthDrive(data_root=str(root), split="val", pipeline=[dict(type="PackMTLInputs")])
-    return pseudo_collate([dataset[0], dataset[1]])
+    return synthdrive_batch(tmp_path_factory.mktemp("synth"), seed=11)
 
 
 def build(config: str) -> torch.nn.Module:

@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.dataset import pseudo_collate
 from mmengine.optim import build_optim_wrapper
 
-from adperception.data.datasets import SynthDrive
-from adperception.data.synth import generate_dataset
 from adperception.engine import setup_runtime
 from adperception.registry import MODELS
 from adperception.tasks import get_task
+from tests.models.batches_for_tests import synthdrive_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 SIX = ("det", "seg", "depth", "normals", "drivable", "lanes")
@@ -24,11 +22,7 @@ SIX = ("det", "seg", "depth", "normals", "drivable", "lanes")
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    setup_runtime()
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, {"val": 2}, seed=5, height=64, width=128)
-    dataset = SynthDrive(data_root=str(root), split="val", pipeline=[dict(type="PackMTLInputs")])
-    return pseudo_collate([dataset[0], dataset[1]])
+    return synthdrive_batch(tmp_path_factory.mktemp("synth"), seed=5)
 
 
 @pytest.fixture(scope="module")

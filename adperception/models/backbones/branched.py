@@ -327,10 +327,14 @@ class BranchedBackbone(nn.Module):
         """Parameter name (as in ``named_parameters()``) -> the tasks whose outputs depend on it:
         a group's own parameters (its branch, its norm copies, its hypernetwork embedding) ->
         that group's tasks, the rest (the trunk, the hypernetwork) -> every task."""
-        return {name: self._declared_tasks(name) for name, _ in self.named_parameters()}
-
-    def _declared_tasks(self, name: str) -> frozenset[str]:
         group_tasks = self.group_tasks()
+        return {
+            name: self._declared_tasks(name, group_tasks) for name, _ in self.named_parameters()
+        }
+
+    def _declared_tasks(
+        self, name: str, group_tasks: Mapping[str, frozenset[str]]
+    ) -> frozenset[str]:
         parts = name.split(".")
         if parts[0] == "branches":
             return group_tasks[parts[1]]

@@ -3,6 +3,7 @@ sluice units after every branched stage (``layers.cross_stitch``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -54,5 +55,7 @@ class CrossStitchBackbone(BranchedBackbone):
                 feats[group].append(self._to_nchw(y))
         return feats
 
-    def _declared_tasks(self, name: str) -> frozenset[str]:
+    def _declared_tasks(
+        self, name: str, group_tasks: Mapping[str, frozenset[str]]
+    ) -> frozenset[str]:
         return frozenset(self.task_groups)

@@ -3,6 +3,7 @@ maps of every stage through its own attention modules (``layers.task_attention``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -39,11 +40,13 @@ class TaskAttentionBackbone(BranchedBackbone):
         trunk = self.trunk_outputs(x)
         return {group: self.attention[group](trunk[group][1]) for group in self.groups}
 
-    def _declared_tasks(self, name: str) -> frozenset[str]:
+    def _declared_tasks(
+        self, name: str, group_tasks: Mapping[str, frozenset[str]]
+    ) -> frozenset[str]:
         parts = name.split(".")
         if parts[0] == "attention":
-            return self.group_tasks()[parts[1]]
-        return super()._declared_tasks(name)
+            return group_tasks[parts[1]]
+        return super()._declared_tasks(name, group_tasks)
 
     def trainable_parameter_counts(self) -> dict[str, int]:
         counts = super().trainable_parameter_counts()
