@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out-dir", type=Path, help="where affinity.png and affinity.json go")
     args = parser.parse_args(argv)
+    if args.budget < 1:
+        parser.error(f"--budget must be at least 1 branch, got {args.budget}")
     try:
         path = find_scalars(args.work_dir)
         scalars = read_scalars(path)

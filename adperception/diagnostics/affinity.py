@@ -310,6 +310,8 @@ def branch_point(
     was not measured across the groups. Also the reasons, one line per stage looked at."""
     if len(groups) == 1:
         return len(STRIDES), ["one group: every stage shared"]
+    if not cosines:
+        return None, ["the run logged no per-stage gradient cosines (AffinityHook logs them)"]
     group_of = {t: g for g, members in enumerate(groups) for t in members}
     reasons = []
     for stage in range(len(STRIDES)):

@@ -160,6 +160,8 @@ def test_branch_point_shares_the_stages_where_the_groups_agree() -> None:
     assert branch_point(cosines, [("det", "seg", "depth", "normals")])[0] == 4
     assert branch_point({1: cosines[1]}, groups)[0] is None  # stage 0 not measured across
     assert branch_point({0: cosines[0]}, groups)[0] == 1  # nothing known past stage 0
+    stage, reasons = branch_point({}, groups)  # a run without AffinityHook
+    assert stage is None and "no per-stage gradient cosines" in reasons[0]
 
 
 def test_the_cosine_fallback_reads_the_largest_group_and_late_means_skip_the_start() -> None:
@@ -261,3 +263,6 @@ def test_hook_in_a_real_run_and_the_tool_recommends_a_grouping(tmp_path: Path, c
     assert json.loads((tmp_path / "out2" / "affinity.json").read_text())["kind"] == "cosine"
     assert tool.main([str(tmp_path / "nowhere")]) == 1
     assert "analyze_affinity:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "run"), "--budget", "0"])
+    assert "--budget must be at least 1" in capsys.readouterr().err
