@@ -51,7 +51,7 @@ def tiny(cfg: Config) -> None:
             detector.test_cfg.max_per_img = min(detector.test_cfg.get("max_per_img", 20), 20)
         # two decoder layers: DAB-DETR's query scaling only runs from the second one on
         for part, layers in (("encoder", 1), ("decoder", 2)):
-            if part in detector:
+            if detector.get(part) is not None:  # MemoryDINO has no encoder
                 detector[part].num_layers = layers
         if "dn_cfg" in detector:
             detector.dn_cfg.group_cfg.num_dn_queries = 10

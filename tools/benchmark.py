@@ -252,6 +252,7 @@ ARCHITECTURE_CONFIGS = {
             "mtan",
             "hyper_adapters",
             "task_norms",
+            "multi_decoder",
         )
     },
 }

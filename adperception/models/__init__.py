@@ -3,7 +3,7 @@
 Importing this package registers every model component in ``adperception.registry.MODELS``.
 """
 
-from adperception.models import backbones, heads, layers  # noqa: F401
+from adperception.models import backbones, heads, layers, necks  # noqa: F401
 from adperception.models.digits import DigitsMTLNet
 from adperception.models.multitask import MultiTaskModel
 

@@ -17,6 +17,7 @@ networks = dict(
     mtan=_arch + "mtan.py",
     cross_stitch=_arch + "cross_stitch.py",
     sluice=_arch + "sluice.py",
+    multi_decoder=_arch + "multi_decoder.py",
 )
 # the report; the finished runs are kept beside it, in its folder's results/
 out = "docs/experiments/architectures_delta_m.md"

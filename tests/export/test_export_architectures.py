@@ -17,7 +17,7 @@ from adperception.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = (64, 128)  # (h, w): the test scale, so the ONNX input is one 64×128 image
-ARCHITECTURES = ("cross_stitch", "mtan", "hyper_adapters", "task_norms")
+ARCHITECTURES = ("cross_stitch", "mtan", "hyper_adapters", "task_norms", "multi_decoder")
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

@@ -28,7 +28,15 @@ CONVNEXT = "convnext_atto"
 LIVE_CONVNEXT = {"ls_init_value": 1.0}  # timm's 1e-6 layer scale would hide the blocks
 BRANCHES = {"semantic": ["det", "seg"], "geometric": ["depth", "normals"]}
 TASKS = ("det", "seg", "depth", "normals")
-ARCHITECTURES = ("hard_sharing", "cross_stitch", "sluice", "mtan", "hyper_adapters", "task_norms")
+ARCHITECTURES = (
+    "hard_sharing",
+    "cross_stitch",
+    "sluice",
+    "mtan",
+    "hyper_adapters",
+    "task_norms",
+    "multi_decoder",
+)
 
 
 def test_cross_stitch_is_the_weighted_sum_of_the_branches() -> None:
@@ -279,6 +287,7 @@ def test_every_architecture_traces_its_sharing(architecture: str, batch: dict) -
         "mtan": "backbone.trunk.3.",
         "hyper_adapters": "backbone.hypernetwork.projection.",
         "task_norms": "backbone.trunk.0.",
+        "multi_decoder": "necks.all.pixel_decoder.encoder.",
     }[architecture]
     assert any(n.startswith(expected_shared) for n in everyone)
     if architecture == "task_norms":

@@ -44,24 +44,16 @@ def silog_loss(pred: Tensor, target: Tensor) -> Tensor:
 DEPTH_LOSSES = {"l1": l1_loss, "silog": silog_loss}
 
 
-@MODELS.register_module()
-class DepthHead(BaseModule):
-    """Semantic-FPN regression head for metric depth.
+class DepthHeadBase(BaseModule):
+    """What every depth head shares: the loss against ``gt_depth`` and the prediction in the
+    original image's metres. A subclass's ``forward(feats)`` returns depth B×1×h×w in metres of
+    the image the network sees (> 0, at any stride of the padded batch).
 
-    ``forward(feats)`` returns depth B×1×(Hp/4)×(Wp/4) in metres, always > 0: the last 1×1
-    conv predicts log-depth and the head returns its exp. Log-depth makes the conv's output
-    scale-free (a fixed error is a fixed relative error, as abs_rel and delta1 measure, over
-    depths spanning two orders of magnitude in driving scenes) and SILog works in log space
-    anyway; softplus would instead give near-zero gradients to small depths. The loss
-    (``loss_type`` 'l1' or 'silog', key ``loss_depth``) runs over pixels with gt > 0 after
-    bilinear upsampling of the depth to (Hp, Wp). ``init_depth`` (m) is the output at
-    initialisation (the log-depth bias starts at its log): a start near the data's typical depth
-    saves the many steps Adam needs to move the bias by ~3 (1 m → 20 m) at small learning rates.
-
-    The output is in the metres of the image the network sees: training divides the target by
-    each sample's zoom. ``predict`` undoes that, so ``pred_depth`` is the original image's
-    depth, clamped to [``min_depth``, ``max_depth``] (the evaluation caps of the depth
-    literature; the loss sees the unclamped output, so a far-off pixel still gets a gradient).
+    Args:
+        loss_type: 'l1' or 'silog' (key ``loss_depth``), over pixels with gt > 0 after bilinear
+            upsampling of the depth to (Hp, Wp).
+        min_depth, max_depth: the clamp of ``pred_depth`` (the loss sees the unclamped output,
+            so a far-off pixel still gets a gradient).
     """
 
     task = "depth"
@@ -69,30 +61,19 @@ class DepthHead(BaseModule):
     def __init__(
         self,
         *,
-        in_channels: int,
-        channels: int,
         loss_type: str = "l1",
-        init_depth: float = 10.0,
         min_depth: float = 0.0,
         max_depth: float = math.inf,
-        norm_cfg: dict | None = None,
+        init_cfg: dict | None = None,
     ) -> None:
-        if init_depth <= 0:
-            raise ValueError(f"init_depth must be positive, got {init_depth}")
         if not 0 <= min_depth < max_depth:
             raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
-        init = dict(type="Normal", std=0.01, bias=math.log(init_depth))
-        super().__init__(init_cfg=dict(init, override=dict(init, name="conv_depth")))
+        super().__init__(init_cfg=init_cfg)
         if loss_type not in DEPTH_LOSSES:
             raise ValueError(f"loss_type must be one of {sorted(DEPTH_LOSSES)}, got {loss_type!r}")
         self.loss_type = loss_type
         self.min_depth = min_depth
         self.max_depth = max_depth
-        self.trunk = FPNDecoderTrunk(in_channels=in_channels, channels=channels, norm_cfg=norm_cfg)
-        self.conv_depth = nn.Conv2d(channels, 1, kernel_size=1)
-
-    def forward(self, feats: Sequence[Tensor]) -> Tensor:
-        return torch.exp(self.conv_depth(self.trunk(feats)))
 
     def loss(
         self, feats: Sequence[Tensor], data_samples: Sequence[MTLDataSample]
@@ -138,3 +119,49 @@ class DepthHead(BaseModule):
             w_scale, h_scale = sample.metainfo.get("scale_factor", (1.0, 1.0))
             metres = crop * math.sqrt(w_scale * h_scale)
             sample.pred_depth = PixelData(data=metres.clamp(self.min_depth, self.max_depth))
+
+
+@MODELS.register_module()
+class DepthHead(DepthHeadBase):
+    """Semantic-FPN regression head for metric depth.
+
+    ``forward(feats)`` returns depth B×1×(Hp/4)×(Wp/4) in metres, always > 0: the last 1×1
+    conv predicts log-depth and the head returns its exp. Log-depth makes the conv's output
+    scale-free (a fixed error is a fixed relative error, as abs_rel and delta1 measure, over
+    depths spanning two orders of magnitude in driving scenes) and SILog works in log space
+    anyway; softplus would instead give near-zero gradients to small depths. ``init_depth`` (m)
+    is the output at initialisation (the log-depth bias starts at its log): a start near the
+    data's typical depth saves the many steps Adam needs to move the bias by ~3 (1 m → 20 m) at
+    small learning rates.
+
+    The output is in the metres of the image the network sees: training divides the target by
+    each sample's zoom. ``predict`` undoes that, so ``pred_depth`` is the original image's
+    depth, clamped to [``min_depth``, ``max_depth``] (the evaluation caps of the depth
+    literature).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        channels: int,
+        loss_type: str = "l1",
+        init_depth: float = 10.0,
+        min_depth: float = 0.0,
+        max_depth: float = math.inf,
+        norm_cfg: dict | None = None,
+    ) -> None:
+        if init_depth <= 0:
+            raise ValueError(f"init_depth must be positive, got {init_depth}")
+        init = dict(type="Normal", std=0.01, bias=math.log(init_depth))
+        super().__init__(
+            loss_type=loss_type,
+            min_depth=min_depth,
+            max_depth=max_depth,
+            init_cfg=dict(init, override=dict(init, name="conv_depth")),
+        )
+        self.trunk = FPNDecoderTrunk(in_channels=in_channels, channels=channels, norm_cfg=norm_cfg)
+        self.conv_depth = nn.Conv2d(channels, 1, kernel_size=1)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        return torch.exp(self.conv_depth(self.trunk(feats)))

@@ -21,24 +21,14 @@ from adperception.models.heads.dense import (
 from adperception.registry import MODELS
 
 
-@MODELS.register_module()
-class NormalsHead(BaseModule):
-    """Semantic-FPN regression head for camera-frame surface normals.
-
-    ``forward(feats)`` returns unit normals B×3×(Hp/4)×(Wp/4) (x right, y down, z forward).
-    ``loss_normals`` is the mean of 1 − cos(n̂, n) over pixels whose gt normal is non-zero,
-    with n̂ upsampled bilinearly to (Hp, Wp) and renormalised.
+class NormalsHeadBase(BaseModule):
+    """What every normals head shares: the cosine loss against ``gt_normals`` and the unit
+    prediction. A subclass's ``forward(feats)`` returns unit normals B×3×h×w (x right, y down,
+    z forward). ``loss_normals`` is the mean of 1 − cos(n̂, n) over pixels whose gt normal is
+    non-zero, with n̂ upsampled bilinearly to (Hp, Wp) and renormalised.
     """
 
     task = "normals"
-
-    def __init__(self, *, in_channels: int, channels: int, norm_cfg: dict | None = None) -> None:
-        super().__init__(init_cfg=dict(type="Normal", std=0.01, override=dict(name="conv_normals")))
-        self.trunk = FPNDecoderTrunk(in_channels=in_channels, channels=channels, norm_cfg=norm_cfg)
-        self.conv_normals = nn.Conv2d(channels, 3, kernel_size=1)
-
-    def forward(self, feats: Sequence[Tensor]) -> Tensor:
-        return F.normalize(self.conv_normals(self.trunk(feats)), dim=1)
 
     def loss(
         self, feats: Sequence[Tensor], data_samples: Sequence[MTLDataSample]
@@ -72,3 +62,16 @@ class NormalsHead(BaseModule):
         """Set ``pred_normals`` (3×h×w float32 unit vectors at ``img_shape``) on each sample."""
         for sample, crop in crop_to_samples(normals.float(), data_samples):
             sample.pred_normals = PixelData(data=F.normalize(crop, dim=0))
+
+
+@MODELS.register_module()
+class NormalsHead(NormalsHeadBase):
+    """Semantic-FPN regression head for camera-frame surface normals, at stride 4."""
+
+    def __init__(self, *, in_channels: int, channels: int, norm_cfg: dict | None = None) -> None:
+        super().__init__(init_cfg=dict(type="Normal", std=0.01, override=dict(name="conv_normals")))
+        self.trunk = FPNDecoderTrunk(in_channels=in_channels, channels=channels, norm_cfg=norm_cfg)
+        self.conv_normals = nn.Conv2d(channels, 3, kernel_size=1)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        return F.normalize(self.conv_normals(self.trunk(feats)), dim=1)

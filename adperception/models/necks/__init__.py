@@ -1,0 +1,5 @@
+"""Necks beyond mmdet's FPN: the multi-decoder transformer's shared deformable encoder."""
+
+from adperception.models.necks.deformable_encoder import DeformableEncoderNeck
+
+__all__ = ["DeformableEncoderNeck"]
