@@ -296,15 +296,16 @@ def set_resume(cfg: Config, resume: str | None) -> None:
         cfg.load_from = resume
 
 
-def enable_amp(cfg: Config) -> bool:
+def enable_amp(cfg: Config, allow_cpu: bool = False) -> bool:
     """Mixed precision with dynamic loss scaling (unless the config sets ``loss_scale``).
 
     ``OptimWrapper`` becomes mmengine's ``AmpOptimWrapper``; another wrapper class names its
     registered AMP counterpart in a class attribute ``amp_variant``; a wrapper that already is
     an ``AmpOptimWrapper`` is kept. Any other wrapper raises ``ConfigError``. Without CUDA this
-    warns and leaves the config alone (returns False).
+    warns and leaves the config alone (returns False), unless ``allow_cpu`` (CPU autocast, which
+    ``MTLAmpOptimWrapper`` supports: the benchmarks' dry runs).
     """
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not allow_cpu:
         warnings.warn("--amp ignored: CUDA is not available", stacklevel=2)
         return False
     wrapper_type = cfg.optim_wrapper.get("type", "OptimWrapper")

@@ -205,6 +205,7 @@ def test_memory_dino_decodes_the_given_memory_with_its_level_embedding() -> None
         MODELS.build(dict(cfg.model.heads.det, detector=dict(detector, encoder=dict())))
     assert isinstance(dino, MemoryDINO)
     assert not any(n.startswith("encoder.") for n, _ in dino.named_parameters())
+    assert torch.isfinite(dino.level_embed).all() and dino.level_embed.std() > 0.5
     shapes = torch.tensor([[4, 6], [2, 3], [1, 2]])
     feat = torch.randn(2, 24 + 6 + 2, 256)
     out = dino.forward_encoder(feat, None, feat, shapes, torch.tensor([0, 24, 30]), None)

@@ -37,7 +37,9 @@ class MemoryDINO(DINO):
         self.decoder = DinoTransformerDecoder(**self.decoder)
         self.embed_dims = self.decoder.embed_dims
         self.query_embedding = nn.Embedding(self.num_queries, self.embed_dims)
-        self.level_embed = nn.Parameter(torch.empty(self.num_feature_levels, self.embed_dims))
+        # Drawn now, as DINO's init_weights would, not left as torch.empty's garbage (NaN on
+        # some allocations) for a model used before init_weights.
+        self.level_embed = nn.Parameter(torch.randn(self.num_feature_levels, self.embed_dims))
         self.memory_trans_fc = nn.Linear(self.embed_dims, self.embed_dims)
         self.memory_trans_norm = nn.LayerNorm(self.embed_dims)
 
