@@ -2,9 +2,9 @@
 
 python tools/benchmark.py synth [--num 40] [--height 256] [--width 512] [--json FILE]
 python tools/benchmark.py train [--config configs/ad_mtl.py] [--height 512] [--width 1024]
-                                [--batch 1] [--iters 3] [--json FILE]
+                                [--batch 1] [--iters 3] [--amp bfloat16] [--json FILE]
 python tools/benchmark.py balancers [--config configs/quickstart.py] [--batch 2] [--iters 8]
-                                    [--methods NAME ...] [--json FILE]
+                                    [--methods NAME ...] [--peers [PEER ...]] [--json FILE]
 python tools/benchmark.py architectures [--configs NAME=CONFIG ...] [--batch 4] [--iters 5]
                                         [--json FILE]
 python tools/benchmark.py inference [--sizes quick full] [--batches 1 8] [--iters N] [--amp]
@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import datetime
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -99,48 +100,92 @@ def _synth_batch(batch: int, height: int, width: int) -> dict:
     return pseudo_collate(samples)
 
 
-def _build_trainable(config: str, balancer: dict | None = None):
-    """The config's model, initialised, in train mode, with its optim wrapper."""
+def _build_trainable(config, balancer: dict | None = None, amp: str | None = None):
+    """The model of ``config`` (a path or a ``Config``), initialised, in train mode, on the GPU
+    if there is one, with its optim wrapper (mixed precision in ``amp``'s dtype if given)."""
+    import copy
+
+    import torch
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
 
     from adperception.engine import setup_runtime
+    from adperception.engine.runner import enable_amp
     from adperception.registry import MODELS
 
     setup_runtime()
-    cfg = Config.fromfile(config)
+    cfg = copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(config)
     if balancer is not None:
         cfg.model.balancer = balancer
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.train()
+    if torch.cuda.is_available():
+        model.cuda()
+    if amp is not None:
+        enable_amp(cfg, allow_cpu=True)
+        cfg.optim_wrapper.dtype = amp
     return cfg, model, build_optim_wrapper(model, cfg.optim_wrapper)
+
+
+# dense bf16 tensor-core peak by device name (the vendor's figure, without sparsity); MFU is
+# model FLOPs per second over it
+PEAK_BF16_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
+
+
+def _step_flops(model, batch, wrapper) -> int:
+    """The FLOPs of one training step (forward and backward) by torch's FLOP counter: matrix
+    products and convolutions; ops it has no formula for (mmcv's deformable attention, norms,
+    activations) count zero, so MFU from it is a lower bound."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.train_step(batch, wrapper)
+    return counter.get_total_flops()
 
 
 def bench_train(args: argparse.Namespace) -> dict:
     """Training iterations per second of a config's model (forward, backward, AdamW step) on
-    SynthDrive frames rendered at the requested size."""
+    SynthDrive frames rendered at the requested size; with ``--amp`` in mixed precision, with
+    the steps skipped for a non-finite loss or gradient counted, and the model FLOPs
+    utilisation where the device's peak is known."""
     import torch
 
-    _, model, wrapper = _build_trainable(args.config)
+    _, model, wrapper = _build_trainable(args.config, amp=args.amp)
     batch = _synth_batch(args.batch, args.height, args.width)
-    times = []
-    for _ in range(args.iters + 1):  # the first iteration warms up
+    flops = _step_flops(model, batch, wrapper)  # also the warm-up
+    times, losses = [], []
+    for _ in range(args.iters):
         start = time.perf_counter()
-        model.train_step(batch, wrapper)
+        log_vars = model.train_step(batch, wrapper)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    step = statistics.median(times[1:])
+        losses.append(float(log_vars["loss"]) if "loss" in log_vars else math.nan)
+    step = statistics.median(times)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device), None)
     return {
         "benchmark": "train",
         "date": datetime.date.today().isoformat(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "device": device,
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "config": args.config,
         "height": args.height,
         "width": args.width,
         "batch": args.batch,
+        "amp": args.amp,
+        "steps": args.iters,
+        "skipped_steps": int(getattr(wrapper, "skipped_steps", 0)),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
         "step_s_median": step,
         "iters_per_s": 1.0 / step,
+        "images_per_s": args.batch / step,
+        "flops_per_step": flops,
+        "mfu": flops / step / peak if peak and args.amp == "bfloat16" else None,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
 
@@ -172,13 +217,107 @@ BALANCER_METHODS = {
 }
 
 
+def _balancer_config(name: str) -> dict:
+    """``model.balancer`` of a method of ours or of a peer (``tools/benchmark_peers.py``)."""
+    if name in BALANCER_METHODS:
+        return BALANCER_METHODS[name]
+    from benchmark_peers import peer_config
+
+    return peer_config(name)
+
+
+def _peak_step_bytes(model, batch, wrapper) -> int:
+    """The most memory one training step holds at once above what was held before it: CUDA's
+    allocator peak on a GPU; on the CPU, the peak of the running sum of every allocation and
+    free torch's profiler records over the step (in time order; torch's dispatch-mode memory
+    tracker cannot look into vmap's batched tensors, which TorchJD's backward makes)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        model.train_step(batch, wrapper)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model.train_step(batch, wrapper)
+    events = sorted(
+        (e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
+    )
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def _first_gradients(config, batch, balancer: dict):
+    """Every parameter's gradient at the first step of a fresh model (seed 0), flattened, as
+    the balancer leaves it for the optimizer."""
+    import torch
+
+    torch.manual_seed(0)
+    _, model, wrapper = _build_trainable(config, balancer)
+    captured = []
+
+    def capture() -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        captured.append(
+            torch.cat(
+                [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+            )
+        )
+        wrapper.zero_grad()
+
+    wrapper.apply_gradients = capture
+    torch.manual_seed(1)  # the detector's denoising queries are random: the same for each
+    model.train_step(batch, wrapper)
+    return captured[0]
+
+
+def two_task_config(config: str, tasks: tuple[str, str] = ("det", "seg")):
+    """The config's network with two tasks only, both on every shared parameter (one branch):
+    PCGrad of two tasks is deterministic, so ours and the peers' must give the same update."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(config)
+    cfg.model.heads = {t: cfg.model.heads[t] for t in tasks}
+    cfg.model.backbone.branches = {"shared": list(tasks)}
+    keys = cfg.optim_wrapper.get("paramwise_cfg", {}).get("custom_keys")
+    if keys:
+        cfg.optim_wrapper.paramwise_cfg.custom_keys = {
+            k: v for k, v in keys.items() if not k.startswith("heads.") or k.split(".")[1] in tasks
+        }
+    return cfg
+
+
+def peer_agreement(config: str, batch: dict, peers: Sequence[str]) -> dict:
+    """‖g_peer − g_ours‖ / ‖g_ours‖ of the first step's gradients, two tasks, PCGrad."""
+    cfg = two_task_config(config)
+    ours = _first_gradients(cfg, batch, BALANCER_METHODS["pcgrad"])
+    agreement = {}
+    for name in peers:
+        if name.endswith("pcgrad"):
+            theirs = _first_gradients(cfg, batch, _balancer_config(name))
+            agreement[name] = float((theirs - ours).norm() / ours.norm())
+    return agreement
+
+
 def bench_balancers(args: argparse.Namespace) -> dict:
     """Seconds per training step of the config's model under each balancer, side by side.
 
     Every method trains a fresh copy of the same initial model on the same batch. ``step_s``
     is the median step; for an amortised method (``surgery_interval`` k > 1) it is the mean
     over whole cycles of k steps, which the median would hide the surgery step from.
-    ``task_grad_peak_mb``: the most memory the per-task gradients held at once.
+    ``task_grad_peak_mb``: the most memory the per-task gradients held at once;
+    ``step_peak_mb`` (with ``--peers``): the most memory one step held above the model and
+    optimizer state it started from.
+    With ``--peers``, TorchJD's and LibMTL's surgery run beside ours (``benchmark_peers.py``),
+    with their ratios to our exact PCGrad, and ``agreement`` compares the first update of
+    two-task PCGrad, where every method must give the same one.
     """
     import torch
 
@@ -186,14 +325,23 @@ def bench_balancers(args: argparse.Namespace) -> dict:
     unknown = sorted(set(methods) - set(BALANCER_METHODS))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; known: {list(BALANCER_METHODS)}")
+    peers = []
+    if args.peers is not None:
+        from benchmark_peers import PEER_METHODS
+
+        peers = args.peers or list(PEER_METHODS)
+        unknown = sorted(set(peers) - set(PEER_METHODS))
+        if unknown:
+            raise SystemExit(f"unknown peer(s) {unknown}; known: {list(PEER_METHODS)}")
+        methods = [*methods, *(m for m in ("pcgrad",) if m not in methods)]
     if "equal" not in methods:
         methods = ["equal", *methods]
     cfg, _, _ = _build_trainable(args.config)
     height, width = cfg.get("crop_size", (args.height, args.width))
     batch = _synth_batch(args.batch, height, width)
     records = {}
-    for name in methods:
-        balancer = BALANCER_METHODS[name]
+    for name in [*methods, *peers]:
+        balancer = _balancer_config(name)
         torch.manual_seed(0)
         _, model, wrapper = _build_trainable(args.config, balancer)
         model.train_step(batch, wrapper)  # warm-up; the parameter-task tracing happens here
@@ -209,9 +357,19 @@ def bench_balancers(args: argparse.Namespace) -> dict:
             "step_s": statistics.mean(times) if interval > 1 else statistics.median(times),
             "task_grad_peak_mb": peak / 2**20 if peak else None,
         }
+        if peers:
+            records[name]["step_peak_mb"] = _peak_step_bytes(model, batch, wrapper) / 2**20
         print(f"{name:>18}: {records[name]['step_s']:.3f} s/step", file=sys.stderr)
     for record in records.values():
         record["ratio_to_equal"] = record["step_s"] / records["equal"]["step_s"]
+    if peers:
+        ours = records["pcgrad"]
+        for name in peers:
+            records[name]["ours_step_ratio"] = ours["step_s"] / records[name]["step_s"]
+            records[name]["ours_memory_ratio"] = (
+                ours["step_peak_mb"] / records[name]["step_peak_mb"]
+            )
+        records["agreement"] = peer_agreement(args.config, batch, peers)
     print(
         f"{args.config} at {height}x{width}, batch {args.batch}, {datetime.date.today()}, "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'} "
@@ -279,7 +437,10 @@ def bench_architectures(args: argparse.Namespace) -> list[dict]:
             times.append(time.perf_counter() - start)
         model.eval()
         inputs = torch.randn(1, 3, height, width)
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        # With gradients on: the counter's module tracker fails on a module input that is a
+        # view of a parameter (the multi-decoder's expanded query embeddings) under no_grad or
+        # inference_mode, where such a view has no grad_fn (torch 2.14).
+        with FlopCounterMode(display=False) as counter:
             model(inputs, mode="tensor")
         forward_s = time_inference(
             model, batch=1, height=height, width=width, iters=args.iters, warmup=1
@@ -506,7 +667,8 @@ def main() -> int:
     train.add_argument("--height", type=int, default=512)
     train.add_argument("--width", type=int, default=1024)
     train.add_argument("--batch", type=int, default=1)
-    train.add_argument("--iters", type=int, default=3)
+    train.add_argument("--iters", type=int, default=3, help="timed steps after the warm-up")
+    train.add_argument("--amp", choices=["bfloat16", "float16"], help="mixed precision (CUDA)")
     balancers = sub.add_parser("balancers", help=bench_balancers.__doc__)
     balancers.add_argument("--config", default="configs/quickstart.py")
     balancers.add_argument("--batch", type=int, default=2)
@@ -514,6 +676,12 @@ def main() -> int:
     balancers.add_argument("--height", type=int, default=128, help="without crop_size in config")
     balancers.add_argument("--width", type=int, default=256, help="without crop_size in config")
     balancers.add_argument("--methods", nargs="+", choices=list(BALANCER_METHODS))
+    balancers.add_argument(
+        "--peers",
+        nargs="*",
+        metavar="PEER",
+        help="also TorchJD's and LibMTL's (pip install .[peers]): these, or all when none named",
+    )
     inference = sub.add_parser("inference", help=bench_inference.__doc__)
     inference.add_argument(
         "--sizes", nargs="+", choices=list(INFERENCE_SIZES), default=list(INFERENCE_SIZES)

@@ -125,7 +125,13 @@ fi
 # 3. The project and the rest of its pinned dependencies (setup.cfg holds the pins), resolved
 #    together with the mmcv wheel so that mmcv's own dependencies come in too.
 log "installing adperception and its dependencies"
-"${PIP[@]}" install -q "${MMCV_WHEEL[@]}" -e "$ROOT[dev]"
+# ADPERCEPTION_EXTRAS: the extras to install (default dev; empty for none, as on a GPU machine
+# that has no registry and needs no linters). ADPERCEPTION_NO_DEPS=1: the dependencies are in
+# already (tools/gpu_check.sh installs the closure it carries), install no more.
+EXTRAS="${ADPERCEPTION_EXTRAS-dev}"
+NO_DEPS=()
+[[ "${ADPERCEPTION_NO_DEPS:-0}" == 1 ]] && NO_DEPS=(--no-deps --no-build-isolation)
+"${PIP[@]}" install -q "${NO_DEPS[@]}" "${MMCV_WHEEL[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}"
 "$PY" - <<'EOF' || die "the OpenMMLab stack does not import"
 import mmcv._ext, mmdet, mmengine, mmseg  # noqa: F401
 from mmcv.ops import nms  # noqa: F401

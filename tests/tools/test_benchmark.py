@@ -23,14 +23,15 @@ def _load_benchmark():
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], str]:
-    """The command line at the quickstart size, batch 1, one timed forward per model."""
-    out = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, str(ROOT / "tools/benchmark.py"), "inference", "--sizes", "quick"]
-    command += ["--batches", "1", "--iters", "1"]
-    command += ["--json", str(out / "r.json"), "--markdown", str(out / "r.md")]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=600)
-    return json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
+def quick_run(
+    gpu_check_dry_run: tuple[subprocess.CompletedProcess, Path],
+) -> tuple[list[dict], str]:
+    """The command line at the quickstart size, batch 1, one timed forward per model: the
+    inference step of ``tools/gpu_check.sh dry-run`` (``inference --sizes quick --batches 1
+    --iters 1 --json --markdown``)."""
+    done, out = gpu_check_dry_run
+    assert (out / "inference.json").exists(), done.stderr[-3000:]
+    return json.loads((out / "inference.json").read_text()), (out / "inference.md").read_text()
 
 
 def test_every_model_is_measured(quick_run: tuple[list[dict], str]) -> None:
@@ -165,3 +166,26 @@ def test_architectures_count_what_each_network_computes(tmp_path: Path) -> None:
     _, model, _ = bench._build_trainable(configs["hard"])
     expected = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert records["hard"]["trainable_params"] == expected
+
+
+def test_peers_run_beside_ours_and_agree_where_the_method_is_the_same(tmp_path: Path) -> None:
+    """TorchJD's and LibMTL's surgery on the same model and batch: two-task PCGrad is
+    deterministic, so their first update must be ours; their per-task gradients span every
+    shared parameter at once, ours one sharing group at a time."""
+    out = tmp_path / "peers.json"
+    command = [sys.executable, str(ROOT / "tools/benchmark.py"), "balancers", "--iters", "1"]
+    command += ["--batch", "1", "--methods", "equal", "--json", str(out), "--peers"]
+    command += ["torchjd_pcgrad", "torchjd_upgrad", "libmtl_pcgrad"]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=900)
+    records = json.loads(out.read_text())
+    peers = ["torchjd_pcgrad", "torchjd_upgrad", "libmtl_pcgrad"]
+    assert list(records) == ["equal", "pcgrad", *peers, "agreement"]
+    assert set(records["agreement"]) == {"torchjd_pcgrad", "libmtl_pcgrad"}
+    assert all(0 <= error < 1e-5 for error in records["agreement"].values())
+    for name in peers:
+        record = records[name]
+        assert record["step_peak_mb"] > 0
+        assert math.isclose(
+            record["ours_step_ratio"], records["pcgrad"]["step_s"] / record["step_s"]
+        )
+        assert record["task_grad_peak_mb"] > records["pcgrad"]["task_grad_peak_mb"]
