@@ -31,6 +31,10 @@ methods = dict(
     PCGrad=dict(type="PCGrad"),
     CAGrad=dict(type="CAGrad"),
     NashMTL=dict(type="NashMTL"),
+    # the escalation from FAMO's weighting instead of uncertainty weighting
+    EscalationFAMO=dict(
+        type="Escalation", weighting=dict(type="FAMO"), measure_interval=25, surgery_interval=8
+    ),
 )
 # the report; the finished runs are kept beside it, in docs/experiments/synthdrive/results
 out = "docs/experiments/synthdrive.md"
