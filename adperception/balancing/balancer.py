@@ -240,7 +240,11 @@ class GradientBalancer(nn.Module):
         missing = [t for t in self.tasks if f"loss_{t}" not in losses]
         if missing:
             raise ValueError(f"no loss for task(s) {missing} on a {kind!r} step (not 'partial')")
-        task_losses = torch.stack([losses[f"loss_{t}"] for t in self.tasks])
+        # Per-task backwards start from each task's own loss (``rows``), never from a row of
+        # the stacked tensor: differentiating ``stack(...)[i]`` sends zeros back through every
+        # other task's graph, which doubled the cost of a per-task step (T = 4, quickstart).
+        rows = [losses[f"loss_{t}"] for t in self.tasks]
+        task_losses = torch.stack(rows)
         finite, mean_losses = agree_losses(task_losses)
         if not bool(finite.all()):
             self._skip(optim_wrapper, finite)
@@ -248,9 +252,9 @@ class GradientBalancer(nn.Module):
             return {f"nonfinite.{t}": torch.tensor(1.0) for t, ok in self._named(finite) if not ok}
         weights = self.weighting.weights(mean_losses.to(task_losses))
         if kind == "weighted":
-            self._weighted_step(model, task_losses, weights, optim_wrapper)
+            self._weighted_step(model, task_losses, rows, weights, optim_wrapper)
         else:
-            self._manual_step(model, task_losses, weights, optim_wrapper, kind)
+            self._manual_step(model, task_losses, rows, weights, optim_wrapper, kind)
         self.num_steps += 1
         self.last_weights.copy_(weights.detach())
         logged = {f"weight_{t}": w.detach() for t, w in zip(self.tasks, weights, strict=True)}
@@ -308,7 +312,7 @@ class GradientBalancer(nn.Module):
         )
         optim_wrapper.skip_step()
 
-    def _gradient_norms(self, model: nn.Module, task_losses: Tensor) -> Tensor | None:
+    def _gradient_norms(self, model: nn.Module, rows: Sequence[Tensor]) -> Tensor | None:
         """``‖∇_W L_i‖`` at the shared parameters the weighting picks, if it needs them."""
         if not self.weighting.needs_gradient_norms:
             return None
@@ -321,33 +325,39 @@ class GradientBalancer(nn.Module):
             )
         params = self.weighting.gradient_norm_params(shared)
         norms = []
-        for loss in task_losses:
+        for loss in rows:
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             sq = sum((g.double() ** 2).sum() for g in grads if g is not None)
             norms.append(torch.as_tensor(sq, dtype=torch.float64).sqrt())
         return torch.stack(norms)
 
     def _weighting_objective(
-        self, model: nn.Module, task_losses: Tensor, weights: Tensor
+        self, model: nn.Module, task_losses: Tensor, rows: Sequence[Tensor], weights: Tensor
     ) -> Tensor | None:
-        norms = self._gradient_norms(model, task_losses)
+        norms = self._gradient_norms(model, rows)
         return self.weighting.objective(task_losses, weights, norms)
 
     def _weighted_step(
-        self, model: nn.Module, task_losses: Tensor, weights: Tensor, optim_wrapper
+        self,
+        model: nn.Module,
+        task_losses: Tensor,
+        rows: Sequence[Tensor],
+        weights: Tensor,
+        optim_wrapper,
     ) -> None:
         objective = weights.detach() @ task_losses
-        own = self._weighting_objective(model, task_losses, weights)
+        own = self._weighting_objective(model, task_losses, rows, weights)
         optim_wrapper.update_params(objective if own is None else objective + own)
 
     def _weighting_gradients(
         self,
         model: nn.Module,
         task_losses: Tensor,
+        rows: Sequence[Tensor],
         weights: Tensor,
         scaler: torch.amp.GradScaler | None,
     ) -> dict[nn.Parameter, Tensor]:
-        objective = self._weighting_objective(model, task_losses, weights)
+        objective = self._weighting_objective(model, task_losses, rows, weights)
         if objective is None:
             return {}
         params = [p for p in self.weighting.parameters() if p.requires_grad]
@@ -357,14 +367,20 @@ class GradientBalancer(nn.Module):
         return {p: g * factor for p, g in zip(params, grads, strict=True)}
 
     def _manual_step(
-        self, model: nn.Module, task_losses: Tensor, weights: Tensor, optim_wrapper, kind: str
+        self,
+        model: nn.Module,
+        task_losses: Tensor,
+        rows: Sequence[Tensor],
+        weights: Tensor,
+        optim_wrapper,
+        kind: str,
     ) -> None:
         layout = self.layout(model)
         scaler = loss_scaler(optim_wrapper)
-        scaled = [weights[i].detach() * task_losses[i] for i in range(len(self.tasks))]
+        scaled = [w.detach() * loss for w, loss in zip(weights, rows, strict=True)]
         if scaler is not None:
             scaled = [scaler.scale(loss) for loss in scaled]
-        own = self._weighting_gradients(model, task_losses, weights, scaler)
+        own = self._weighting_gradients(model, task_losses, rows, weights, scaler)
         if kind == "amortised":
             coefficients = {g.name: self.coefficients_of(g.tasks) for g in layout.groups}
             grads = amortised_gradients(scaled, self.tasks, layout, coefficients, self.bucket_numel)

@@ -29,8 +29,8 @@ class PCGradReference(GradientBalancer):
     def train_step(
         self, model: nn.Module, losses: dict[str, Tensor], optim_wrapper, kind: str
     ) -> dict[str, Tensor]:
-        task_losses = torch.stack([losses[f"loss_{t}"] for t in self.tasks])
-        weights = self.weighting.weights(task_losses.detach()).detach()
+        task_losses = [losses[f"loss_{t}"] for t in self.tasks]  # each its own graph root
+        weights = self.weighting.weights(torch.stack(task_losses).detach()).detach()
         own = {id(p) for p in self.parameters()}
         params = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
         rows = []

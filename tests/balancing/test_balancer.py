@@ -421,3 +421,22 @@ def test_a_solved_nash_mtl_step_reports_no_failure() -> None:
     model, optim_wrapper = make(dict(type="NashMTL"))
     log_vars = model.train_step(batch(11), optim_wrapper)
     assert "solver_failures" not in log_vars and int(model.balancer.solver_failures) == 0
+
+
+@pytest.mark.parametrize("balancer", [dict(type="PCGrad"), dict(type="GradNorm")])
+def test_a_per_task_backward_runs_through_that_task_only(balancer: dict) -> None:
+    """Each per-task backward starts at its task's own loss: another task's head takes no part
+    in it. (Differentiating a row of the stacked losses sent zeros back through every head, and
+    doubled the per-task step of the quickstart model.)"""
+    model, optim_wrapper = make(balancer)
+    data = batch(3)
+    model.train_step(data, optim_wrapper)  # traces the sharing first
+    calls = {t: 0 for t in TASKS}
+    for task in TASKS:
+        model.heads[task].register_full_backward_hook(
+            lambda *_, task=task: calls.__setitem__(task, calls[task] + 1)
+        )
+    model.train_step(data, optim_wrapper)
+    # PCGrad: the task's own backward; GradNorm: also its gradient norm's, to the trunk
+    expected = 1 if balancer["type"] == "PCGrad" else 2
+    assert calls == {t: expected for t in TASKS}
