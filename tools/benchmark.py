@@ -256,7 +256,7 @@ def _peak_step_bytes(model, batch, wrapper) -> int:
 
 def _first_gradients(config, batch, balancer: dict):
     """Every parameter's gradient at the first step of a fresh model (seed 0), flattened, as
-    the balancer leaves it for the optimizer."""
+    the balancer leaves it for the optimizer; and the model."""
     import torch
 
     torch.manual_seed(0)
@@ -275,12 +275,14 @@ def _first_gradients(config, batch, balancer: dict):
     wrapper.apply_gradients = capture
     torch.manual_seed(1)  # the detector's denoising queries are random: the same for each
     model.train_step(batch, wrapper)
-    return captured[0]
+    return captured[0], model
 
 
-def two_task_config(config: str, tasks: tuple[str, str] = ("det", "seg")):
+def two_task_config(config: str, tasks: tuple[str, str] = ("seg", "normals")):
     """The config's network with two tasks only, both on every shared parameter (one branch):
-    PCGrad of two tasks is deterministic, so ours and the peers' must give the same update."""
+    PCGrad of two tasks is deterministic, so ours and the peers' must give the same update.
+    Segmentation and normals, since their first gradients on the quickstart model conflict
+    (cosine −0.10), so that the projection acts."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(config)
@@ -295,13 +297,17 @@ def two_task_config(config: str, tasks: tuple[str, str] = ("det", "seg")):
 
 
 def peer_agreement(config: str, batch: dict, peers: Sequence[str]) -> dict:
-    """‖g_peer − g_ours‖ / ‖g_ours‖ of the first step's gradients, two tasks, PCGrad."""
+    """‖g_peer − g_ours‖ / ‖g_ours‖ of the first step's gradients, two tasks, PCGrad; and the
+    cosine of the two task gradients there (below 0 the projection acted, above it every
+    method must give their plain sum)."""
     cfg = two_task_config(config)
-    ours = _first_gradients(cfg, batch, BALANCER_METHODS["pcgrad"])
-    agreement = {}
+    ours, model = _first_gradients(cfg, batch, BALANCER_METHODS["pcgrad"])
+    (group,) = model.balancer.stats.groups.values()
+    gram = group.gram
+    agreement = {"task_cosine": float(gram[0, 1] / (gram[0, 0] * gram[1, 1]).sqrt())}
     for name in peers:
         if name.endswith("pcgrad"):
-            theirs = _first_gradients(cfg, batch, _balancer_config(name))
+            theirs, _ = _first_gradients(cfg, batch, _balancer_config(name))
             agreement[name] = float((theirs - ours).norm() / ours.norm())
     return agreement
 

@@ -180,8 +180,12 @@ def test_peers_run_beside_ours_and_agree_where_the_method_is_the_same(tmp_path: 
     records = json.loads(out.read_text())
     peers = ["torchjd_pcgrad", "torchjd_upgrad", "libmtl_pcgrad"]
     assert list(records) == ["equal", "pcgrad", *peers, "agreement"]
-    assert set(records["agreement"]) == {"torchjd_pcgrad", "libmtl_pcgrad"}
-    assert all(0 <= error < 1e-5 for error in records["agreement"].values())
+    agreement = dict(records["agreement"])
+    assert -1 <= agreement.pop("task_cosine") < 0  # the tasks conflict: the projection acts
+    assert set(agreement) == {"torchjd_pcgrad", "libmtl_pcgrad"}
+    # the peers project in float32 (dot products over ~6 M coordinates), ours from a float64
+    # Gram: 1.6e-5 apart here, ours within 1e-8 of a float64 reference
+    assert all(0 <= error < 1e-4 for error in agreement.values())
     for name in peers:
         record = records[name]
         assert record["step_peak_mb"] > 0
