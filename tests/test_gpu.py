@@ -11,6 +11,7 @@ import torch
 
 from adperception.engine.optim_wrapper import MTLAmpOptimWrapper
 from tests.balancing.models_for_tests import BranchedRegressor, batch
+from tests.balancing.test_balancer import step_and_diff
 
 pytestmark = [
     pytest.mark.gpu,
@@ -54,10 +55,8 @@ def test_batched_and_sequential_task_gradients_agree_under_cuda_autocast(dtype: 
         optim_wrapper = MTLAmpOptimWrapper(
             optimizer=torch.optim.SGD(model.parameters(), lr=1.0), loss_scale=2.0**10, dtype=dtype
         )
-        data = batch(8)  # the model's data preprocessor moves it to the GPU
-        before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        model.train_step(data, optim_wrapper)
-        updates.append({n: before[n] - p.detach() for n, p in model.named_parameters()})
+        # the model's data preprocessor moves the batch to the GPU
+        updates.append(step_and_diff(model, optim_wrapper, batch(8)))
     for name, value in updates[0].items():
         torch.testing.assert_close(updates[1][name], value, rtol=1e-6, atol=1e-9, msg=name)
 

@@ -285,14 +285,11 @@ def two_task_config(config: str, tasks: tuple[str, str] = ("seg", "normals")):
     (cosine −0.10), so that the projection acts."""
     from mmengine.config import Config
 
+    from adperception.engine.delta_m import keep_heads
+
     cfg = Config.fromfile(config)
-    cfg.model.heads = {t: cfg.model.heads[t] for t in tasks}
+    keep_heads(cfg, tasks)
     cfg.model.backbone.branches = {"shared": list(tasks)}
-    keys = cfg.optim_wrapper.get("paramwise_cfg", {}).get("custom_keys")
-    if keys:
-        cfg.optim_wrapper.paramwise_cfg.custom_keys = {
-            k: v for k, v in keys.items() if not k.startswith("heads.") or k.split(".")[1] in tasks
-        }
     return cfg
 
 

@@ -45,30 +45,22 @@ def peer_config(name: str) -> dict:
     return cfg
 
 
-def shared_and_private(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
-    """The trainable parameters more than one task reaches, and those exactly one reaches."""
-    reached = model.parameter_tasks()
-    shared, private = [], []
-    for name, param in model.named_parameters():
-        tasks = reached.get(name, frozenset())
-        if param.requires_grad and tasks:
-            (shared if len(tasks) > 1 else private).append(param)
-    return shared, private
-
-
 class _PeerBalancer(GradientBalancer):
     """A peer's step; single process, fp32, equal task weights (the peers' defaults)."""
 
     def plan(self, model: nn.Module) -> str:
         # Traced here, before the step's forward, as our balancer traces: the tracing's own
         # loss pass restores buffers in place, which a graph already built would trip over.
-        self._split = shared_and_private(model)
+        self.layout(model)
         return "weighted"  # the step is the peer's own; nothing of ours to plan
 
     def train_step(
         self, model: nn.Module, losses: dict[str, Tensor], optim_wrapper, kind: str
     ) -> dict[str, Tensor]:
-        shared, private = self._split
+        # the parameters more than one task reaches (every sharing group's), and the rest
+        layout = self.layout(model)
+        shared = [p for group in layout.groups for p in group.params]
+        private = [p for params in layout.private.values() for p in params]
         optim_wrapper.zero_grad()
         self.peer_backward([losses[f"loss_{t}"] for t in self.tasks], shared, private)
         optim_wrapper.apply_gradients()

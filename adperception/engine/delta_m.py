@@ -231,14 +231,7 @@ class Sweep:
         branch group (no stage copied), that task's head and metric, plain weighting; the
         optimizer keys of other heads (``heads.<other>``) dropped with them."""
         cfg = copy.deepcopy(self.joint)
-        cfg.model.heads = {task: cfg.model.heads[task]}
-        if "custom_keys" in cfg.optim_wrapper.get("paramwise_cfg", {}):
-            keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
-            cfg.optim_wrapper.paramwise_cfg.custom_keys = {
-                key: value
-                for key, value in keys.items()
-                if not key.startswith("heads.") or key.split(".")[1] == task
-            }
+        keep_heads(cfg, (task,))
         cfg.model.backbone.branches = {task: [task]}
         cfg.model.balancer = dict(SINGLE_TASK_BALANCER)
         for key in ("val_evaluator", "test_evaluator"):
@@ -266,6 +259,19 @@ class Sweep:
         """(name, single_task, seed) of every run, single-task runs first."""
         names = [(t, True) for t in self.tasks] + [(m, False) for m in self.joint_runs]
         return [(name, single, seed) for seed in self.seeds for name, single in names]
+
+
+def keep_heads(cfg: Config, tasks: Sequence[str]) -> None:
+    """Keep only the heads of ``tasks`` in ``cfg``, and drop the optimizer keys of the others
+    (``heads.<other>`` in ``paramwise_cfg.custom_keys``), which would match nothing."""
+    cfg.model.heads = {task: cfg.model.heads[task] for task in tasks}
+    if "custom_keys" in cfg.optim_wrapper.get("paramwise_cfg", {}):
+        keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+        cfg.optim_wrapper.paramwise_cfg.custom_keys = {
+            key: value
+            for key, value in keys.items()
+            if not key.startswith("heads.") or key.split(".")[1] in tasks
+        }
 
 
 def run_dir(root: Path, name: str, single_task: bool, seed: int) -> Path:
