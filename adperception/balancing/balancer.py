@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from adperception.balancing import functional
 from adperception.balancing.distributed import all_reduce_mean_, world_size
 from adperception.balancing.layout import SharingLayout
-from adperception.balancing.stats import GradientStats, GroupGradients
+from adperception.balancing.stats import GradientStats, GroupGradients, update_sign
 from adperception.balancing.task_gradients import TaskGradients, amortised_gradients, loss_scaler
 from adperception.balancing.weighting import Weighting
 from adperception.registry import BALANCERS
@@ -440,7 +440,7 @@ class GradientBalancer(nn.Module):
                 tasks=group.tasks,
                 numel=group.numel,
                 gram=gram,
-                update_sign=torch.sign(update).to(torch.int8).cpu(),
+                update_sign=update_sign(update),
                 aggregator_weights=None if aggregator is None else a.float(),
             )
             if aggregator is not None:

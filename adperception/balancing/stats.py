@@ -35,6 +35,16 @@ class GradientStats:
     groups: dict[str, GroupGradients] = field(default_factory=dict)
 
 
+def update_sign(update: Tensor, chunk: int = 1 << 20) -> Tensor:
+    """``GroupGradients.update_sign`` of a flat update: int8 on the CPU, taken ``chunk``
+    coordinates at a time, so that no float tensor the update's size is made for it."""
+    flat = update.reshape(-1)
+    signs = torch.empty(flat.numel(), dtype=torch.int8)
+    for start in range(0, flat.numel(), chunk):
+        signs[start : start + chunk] = flat[start : start + chunk].sign().to(torch.int8).cpu()
+    return signs
+
+
 def task_norms(gram: Tensor) -> Tensor:
     """Each task gradient's L2 norm, ``sqrt(gram[i, i])`` (float64, shape T)."""
     return gram.diagonal().to(torch.float64).clamp(min=0).sqrt()

@@ -21,6 +21,18 @@ def loss_scaler(optim_wrapper) -> torch.amp.GradScaler | None:
     return scaler if scaler is not None and scaler.is_enabled() else None
 
 
+def unscaled_gram(rows: Tensor, scale: float, columns: int = 1 << 20) -> Tensor:
+    """``(R/scale)(R/scale)ᵀ`` in float64 on the CPU, accumulated over slices of ``columns``
+    columns: float64 precision without a float64 copy of all the rows at once (which, with the
+    quotient, held four times the rows' float32 size at the step's memory peak)."""
+    gram = torch.zeros(len(rows), len(rows), dtype=torch.float64, device=rows.device)
+    for start in range(0, rows.shape[1], columns):
+        piece = rows[:, start : start + columns].double()
+        gram.addmm_(piece, piece.T)
+        del piece  # before the next slice is made
+    return (gram / scale**2).cpu()
+
+
 class TaskGradients:
     """Per-task gradients of one step: Gram matrices per sharing group, private gradients.
 
@@ -108,12 +120,14 @@ class TaskGradients:
             all_reduce_mean_(list(blocks.values()) + private, self.bucket_numel)
             for name, block in blocks.items():
                 group = self.groups[name]
-                ok = torch.isfinite(block).all(dim=1)
+                gram = unscaled_gram(block, scale)
+                # a row is finite iff its squared norm is: float32 values squared and summed in
+                # float64 cannot overflow
+                ok = torch.isfinite(gram.diagonal())
                 for k, task in enumerate(group.tasks):
                     self.finite[self.tasks.index(task)] &= bool(ok[k])
                 if bool(ok.all()):
-                    unscaled = block.double() / scale
-                    self.grams[name] += (unscaled @ unscaled.T).cpu()
+                    self.grams[name] += gram
                 size = block.numel() * block.element_size()
                 self.peak_bytes = max(self.peak_bytes, held + size)
                 if self.keep_rows:
@@ -149,8 +163,9 @@ class TaskGradients:
         params = list(group.params)
         if self.keep_rows:
             update = torch.cat([a.to(block) @ block for block in self.rows[group.name]])
+            # the parameters' gradients are views of the one update: no second copy of it
             pieces = update.split([p.numel() for p in params])
-            grads = [piece.view_as(p).clone() for piece, p in zip(pieces, params, strict=True)]
+            grads = [piece.view_as(p) for piece, p in zip(pieces, params, strict=True)]
         else:
             grads = _group_backward(group, a, self.tasks, scaled)
             all_reduce_mean_(grads, self.bucket_numel)
