@@ -7,6 +7,8 @@ python tools/benchmark.py balancers [--config configs/quickstart.py] [--batch 2]
                                     [--methods NAME ...] [--peers [PEER ...]] [--json FILE]
 python tools/benchmark.py architectures [--configs NAME=CONFIG ...] [--batch 4] [--iters 5]
                                         [--json FILE]
+python tools/benchmark.py profile [--config configs/quickstart.py] [--batch N] [--iters 5]
+                                  [--data-root DIR] [--json FILE]
 python tools/benchmark.py inference [--sizes quick full] [--batches 1 8] [--iters N] [--amp]
                                     [--configs SIZE=CONFIG ...] [--json FILE] [--markdown FILE]
 """
@@ -719,7 +721,10 @@ def main() -> int:
     one.add_argument("--variant", choices=VARIANTS, default="fp32")
     one.add_argument("--iters", type=int, default=10)
     one.add_argument("--warmup", type=int, default=1)
-    for p in (synth, train, balancers, architectures, inference, one):
+    from benchmark_profile import add_parser, bench_profile
+
+    profile = add_parser(sub)
+    for p in (synth, train, balancers, architectures, inference, one, profile):
         p.add_argument("--json", type=Path, help="also write the record to this file")
     args = parser.parse_args()
     commands = {
@@ -729,6 +734,7 @@ def main() -> int:
         "architectures": bench_architectures,
         "inference": bench_inference,
         "inference-one": bench_inference_one,
+        "profile": bench_profile,
     }
     record = commands[args.command](args)
     text = json.dumps(record, indent=2)
