@@ -1,4 +1,4 @@
-"""The default balancer: uncertainty weighting that escalates on the symptoms it measures, to
+"""The default balancer: FAMO's loss weighting that escalates on the symptoms it measures, to
 PCGrad on persistent conflict and to gradient-norm equalisation on persistent imbalance."""
 
 from __future__ import annotations
@@ -88,7 +88,13 @@ class Symptom(nn.Module):
 
 @BALANCERS.register_module()
 class Escalation(GradientBalancer):
-    """Uncertainty weighting that escalates on the two classic failures of multi-task training.
+    """A loss weighting that escalates on the two classic failures of multi-task training.
+
+    The weighting is FAMO's (Liu et al. 2023) unless ``weighting`` names another: it costs no
+    per-task backward and, on SynthDrive, beat the escalation from uncertainty weighting in the
+    Δm sweep and on every dense task of the quickstart (docs/experiments/synthdrive_findings.md
+    §4, docs/benchmarks.md); ``weighting=dict(type="UncertaintyWeighting")`` is the earlier
+    default.
 
     Every ``measure_interval`` steps the per-task (weighted) gradients are measured on every
     sharing group (the step's update is the plain weighted one, so measuring changes nothing),
@@ -103,10 +109,9 @@ class Escalation(GradientBalancer):
     Each signal's moving average (``momentum``, from 0) above its threshold for ``patience``
     measurements in a row switches its remedy on, for good; both on gives PCGrad on the
     norm-equalised gradients. From the first switch on, surgery runs every
-    ``surgery_interval`` steps, while the weighting (uncertainty weighting's log-variances)
-    keeps learning and the heads keep their weighted gradient. Every switch is logged with its
-    evidence; the state is buffers, so it is in every checkpoint and resumes (also with another
-    ``patience``).
+    ``surgery_interval`` steps, while the weighting keeps learning and the heads keep their
+    weighted gradient. Every switch is logged with its evidence; the state is buffers, so it is
+    in every checkpoint and resumes (also with another ``patience``).
     """
 
     def __init__(
@@ -121,7 +126,7 @@ class Escalation(GradientBalancer):
         **kwargs,
     ) -> None:
         if weighting is None:
-            weighting = dict(type="UncertaintyWeighting")
+            weighting = dict(type="FAMO")
         super().__init__(tasks, weighting=weighting, measure_interval=measure_interval, **kwargs)
         if patience < 1 or not 0.0 <= momentum < 1.0:
             raise ValueError("Escalation: patience >= 1, 0 <= momentum < 1")

@@ -46,7 +46,7 @@ class MultiTaskModel(MultiTaskBaseModel):
         heads: ``{task: head config}`` for the tasks to train, each a registered task
             (``adperception.tasks``); they are kept in registration order.
         balancer: how the task losses are balanced (``adperception.balancing``); the default
-            is uncertainty weighting escalating to PCGrad.
+            is FAMO's loss weighting escalating to PCGrad.
         data_preprocessor: normalises and pads the batch (mmdet's ``DetDataPreprocessor``).
 
     ``loss`` returns ``loss_<task>`` for every task (a head's terms summed) and each term,

@@ -16,12 +16,18 @@ metrics = dict(
     normals={"normals/mean": -1, "normals/within_11.25": 1},
 )
 _epoch = 400 // 4  # DWA's epoch: 400 training frames in batches of 4
-# In the order they run: the default (Escalation) early, so that a partial sweep answers first
-# whether joint training is worse than single-task training.
+# In the order they run: the escalation early, so that a partial sweep answers first whether
+# joint training is worse than single-task training.
 methods = dict(
     EqualWeighting=dict(type="EqualWeighting"),
     UncertaintyWeighting=dict(type="UncertaintyWeighting"),  # every task starts at weight 1
-    Escalation=dict(type="Escalation", measure_interval=25, surgery_interval=8),  # the default
+    # the escalation from uncertainty weighting: the default until seed 0 of this sweep
+    Escalation=dict(
+        type="Escalation",
+        weighting=dict(type="UncertaintyWeighting"),
+        measure_interval=25,
+        surgery_interval=8,
+    ),
     # Kendall et al.'s start, s = 0: every weight ½, half the learning rate of a short schedule
     UncertaintyWeightingHalf=dict(type="UncertaintyWeighting", init_log_var=0.0),
     FAMO=dict(type="FAMO"),
@@ -31,7 +37,7 @@ methods = dict(
     PCGrad=dict(type="PCGrad"),
     CAGrad=dict(type="CAGrad"),
     NashMTL=dict(type="NashMTL"),
-    # the escalation from FAMO's weighting instead of uncertainty weighting
+    # the escalation from FAMO's weighting: the default (adperception.balancing.Escalation)
     EscalationFAMO=dict(
         type="Escalation", weighting=dict(type="FAMO"), measure_interval=25, surgery_interval=8
     ),

@@ -67,6 +67,9 @@ methods = dict(
     NashMTL=dict(type="NashMTL", measure_interval=_measure),
     FairGrad=dict(type="FairGrad", measure_interval=_measure),
     AlignedMTL=dict(type="AlignedMTL", measure_interval=_measure),
-    Escalation=dict(type="Escalation", measure_interval=_measure),
+    # from uncertainty weighting, as the published table ran (the default is FAMO's since)
+    Escalation=dict(
+        type="Escalation", weighting=dict(type="UncertaintyWeighting"), measure_interval=_measure
+    ),
     pcgrad_k8=dict(type="PCGrad", surgery_interval=8, measure_interval=_measure),
 )

@@ -123,7 +123,7 @@ def test_build_balancer_wraps_a_weighting_and_defaults_to_escalation() -> None:
     assert isinstance(plain.weighting, UncertaintyWeighting)
     default = build_balancer(None, T2)
     assert type(default).__name__ == "Escalation"
-    assert isinstance(default.weighting, UncertaintyWeighting)
+    assert isinstance(default.weighting, FAMO)
     pcgrad = build_balancer(dict(type="PCGrad", weighting=dict(type="DWA")), T2)
     assert pcgrad.active_aggregator() == "pcgrad" and isinstance(pcgrad.weighting, DWA)
 

@@ -20,14 +20,16 @@ model = dict(
         drop_path_rate=0.2,
     ),
     neck=dict(type="mmdet.FPN", out_channels=256, num_outs=4),
-    # Uncertainty weighting; every 50 steps the task gradients are measured on the shared
+    # FAMO's loss weighting; every 50 steps the task gradients are measured on the shared
     # parameters. Once the moving average (momentum 0.8) of the worst sharing group's conflict
     # strength (mean cosine magnitude of conflicting pairs) stays above 0.1 for 5 measurements,
     # PCGrad takes over; once its gradient norms stay more than 10x apart (log10 ratio above 1),
-    # the norms are equalised; both: both (docs/design.md §5).
+    # the norms are equalised; both: both (docs/design.md §5). FAMO rather than uncertainty
+    # weighting: better on every dense task of the quickstart and in the Δm sweep
+    # (docs/experiments/synthdrive_findings.md §4).
     balancer=dict(
         type="Escalation",
-        weighting=dict(type="UncertaintyWeighting"),  # every task starts at weight 1
+        weighting=dict(type="FAMO"),
         measure_interval=50,  # the diagnostics hook logs these measurements
         conflict_threshold=0.1,
         imbalance_threshold=1.0,
