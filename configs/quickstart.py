@@ -42,11 +42,16 @@ train_pipeline = [
     dict(type="PackMTLInputs"),
 ]
 test_pipeline = [dict(type="Resize", scale=(256, 128)), dict(type="PackMTLInputs")]
-train_dataloader = dict(batch_size=4, num_workers=1, dataset=dict(pipeline=train_pipeline))
+# Loading in the training process: a dataloader worker beside torch's 2 threads on 2 cores
+# preempts one of them, and the other waits at every parallel region (2.1-2.5 s per iteration
+# against 1.85-2.1 s here, docs/benchmarks.md), more than the 0.12 s the batch takes to load.
+train_dataloader = dict(
+    batch_size=4, num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline)
+)
 val_dataloader = dict(num_workers=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-max_iters = 500  # 1.75 s per iteration on 2 cores, ~2.6 s once escalated: about 18 minutes
+max_iters = 500  # ~2 s per iteration on 2 cores, ~2.6 s once escalated: under 20 minutes
 # The detector at a quarter of the dense heads' rate (2.5e-4): in docs/benchmarks.md det/mAP_50
 # rises from 13.7 to 16.6 after 500 iterations, the dense tasks no worse.
 optim_wrapper = dict(
