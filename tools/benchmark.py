@@ -242,10 +242,16 @@ def _peak_step_bytes(model, batch, wrapper) -> int:
         model.train_step(batch, wrapper)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
+    return peak_cpu_bytes(lambda: model.train_step(batch, wrapper))
+
+
+def peak_cpu_bytes(fn) -> int:
+    """The most CPU memory ``fn()`` holds at once above what was held before it: the peak of the
+    running sum of every allocation and free torch's profiler records (in time order)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model.train_step(batch, wrapper)
+        fn()
     events = sorted(
         (e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
     )

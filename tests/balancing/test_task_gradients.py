@@ -3,10 +3,15 @@ over column slices, and the sign of its update, taken in chunks."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 
 from adperception.balancing.stats import update_sign
 from adperception.balancing.task_gradients import unscaled_gram
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_sliced_gram_is_the_float64_gram_of_the_unscaled_rows() -> None:
@@ -40,20 +45,11 @@ def test_the_update_sign_is_taken_in_chunks_without_changing_it() -> None:
 
 
 def _peak_allocated(fn) -> int:
-    """The most bytes ``fn`` held at once, from torch's profiler (allocations and frees in
-    time order)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
-    )
-    live = peak = 0
-    for event in events:
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
+    """The most bytes ``fn`` held at once: the balancer benchmark's measure of a step's peak."""
+    spec = importlib.util.spec_from_file_location("tool_benchmark", ROOT / "tools/benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    return benchmark.peak_cpu_bytes(fn)
 
 
 def test_the_gram_holds_a_slice_in_float64_not_all_the_rows() -> None:
