@@ -3,15 +3,11 @@ over column slices, and the sign of its update, taken in chunks."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from adperception.balancing.stats import update_sign
 from adperception.balancing.task_gradients import unscaled_gram
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.tools_for_tests import load_tool
 
 
 def test_the_sliced_gram_is_the_float64_gram_of_the_unscaled_rows() -> None:
@@ -44,17 +40,9 @@ def test_the_update_sign_is_taken_in_chunks_without_changing_it() -> None:
         assert signs.tolist() == [-1, 0, 1, 0, 1, -1, 1]
 
 
-def _peak_allocated(fn) -> int:
-    """The most bytes ``fn`` held at once: the balancer benchmark's measure of a step's peak."""
-    spec = importlib.util.spec_from_file_location("tool_benchmark", ROOT / "tools/benchmark.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    return benchmark.peak_cpu_bytes(fn)
-
-
 def test_the_gram_holds_a_slice_in_float64_not_all_the_rows() -> None:
     """4 rows of 2^20 float32 values (16 MiB): a float64 copy of the rows and its quotient by
     the scale would hold 64 MiB; slices of 2^18 columns hold 8 MiB at a time."""
     rows = torch.ones(4, 1 << 20)
-    peak = _peak_allocated(lambda: unscaled_gram(rows, 2.0, columns=1 << 18))
+    peak = load_tool("benchmark").peak_cpu_bytes(lambda: unscaled_gram(rows, 2.0, columns=1 << 18))
     assert peak <= 4 * (1 << 18) * 8 + 4096  # one float64 slice, and the 4×4 results

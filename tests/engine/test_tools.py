@@ -8,7 +8,6 @@ the project's models.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from adperception.engine import (
     setup_runtime,
 )
 from tests.engine.test_checkpoint import LinearModel, MeanSquaredError, Regression
+from tests.tools_for_tests import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SCOPE = "adperception_test_tools"
@@ -89,13 +89,6 @@ env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv
 randomness = dict(seed=0)
 log_level = "WARNING"
 """
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,17 +13,9 @@ import torch
 from torch import nn
 
 from adperception.data.synth import generate_dataset
+from tests.tools_for_tests import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_profile_module():
-    spec = importlib.util.spec_from_file_location(
-        "tool_benchmark_profile", ROOT / "tools/benchmark_profile.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _profile(*args: str) -> subprocess.CompletedProcess:
@@ -99,7 +90,7 @@ def test_missing_training_data_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_timers_leave_modules_and_methods_as_they_were() -> None:
-    profile = _load_profile_module()
+    profile = load_tool("benchmark_profile")
     watch = profile.Stopwatch()
     layer = nn.Linear(2, 2)
 
