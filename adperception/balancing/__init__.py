@@ -20,7 +20,13 @@ from adperception.balancing.aggregators import (
     NashMTL,
     PCGrad,
 )
-from adperception.balancing.balancer import STEP_KINDS, GradientBalancer, build_balancer
+from adperception.balancing.balancer import (
+    REGULARISER_PREFIX,
+    STEP_KINDS,
+    GradientBalancer,
+    build_balancer,
+    regularisers_of,
+)
 from adperception.balancing.escalation import Escalation
 from adperception.balancing.layout import SharingGroup, SharingLayout, group_name
 from adperception.balancing.reference import PCGradReference
@@ -56,6 +62,7 @@ __all__ = [
     "NashMTL",
     "PCGrad",
     "PCGradReference",
+    "REGULARISER_PREFIX",
     "RLW",
     "STEP_KINDS",
     "SharingGroup",
@@ -68,4 +75,5 @@ __all__ = [
     "conflict_rate",
     "functional",
     "group_name",
+    "regularisers_of",
 ]

@@ -11,6 +11,10 @@ Every step is one of three kinds, planned before its forward (``plan``):
 - ``"amortised"`` (between surgery steps, ``surgery_interval > 1``): the same update rule with
   each group's last ``a_g``, from one backward per group (``amortised_gradients``).
 
+A model may also return *regularisers*, ``reg_<name>`` losses that belong to no task (sluice
+networks' orthogonality penalty between subspaces): they are added at weight 1 to every step's
+update, outside the weighting and the surgery, by their own backward on the per-task steps.
+
 On the last two, DDP's reducer is bypassed (``no_sync``) and the balancer averages the gradients
 over ranks itself, so every rank applies the identical update. Before any backward, the ranks
 agree on which task losses are finite: a step in which any rank has a non-finite loss is skipped
@@ -43,6 +47,13 @@ from adperception.registry import BALANCERS
 STEP_KINDS = ("weighted", "task_gradients", "amortised", "partial")
 #: What a config may give a weighting-only ``model.balancer`` for the step driver.
 DRIVER_ARGS = ("measure_interval", "chunk_numel", "bucket_numel", "batched_backward", "seed")
+#: The key prefix of a model's losses that belong to no task (``reg_sluice_orthogonality``).
+REGULARISER_PREFIX = "reg_"
+
+
+def regularisers_of(losses: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``reg_<name>`` entries of a model's losses."""
+    return {k: v for k, v in losses.items() if k.startswith(REGULARISER_PREFIX)}
 
 
 def agree_losses(task_losses: Tensor) -> tuple[Tensor, Tensor]:
@@ -224,7 +235,8 @@ class GradientBalancer(nn.Module):
         On a ``partial`` step some task had no labelled sample in the batch (on some rank; the
         model left its loss out): the step is then a plain weighted one over the labelled tasks
         (``_partial_step``), and the absent task contributes nothing: no gradient, no backward,
-        no measurement.
+        no measurement. The ``reg_<name>`` entries of ``losses`` (``regularisers_of``) are
+        added to the update at weight 1 on every kind of step.
         """
         if kind not in STEP_KINDS:
             raise ValueError(f"step kind must be one of {STEP_KINDS}, got {kind!r}")
@@ -245,16 +257,23 @@ class GradientBalancer(nn.Module):
         # other task's graph, which doubled the cost of a per-task step (T = 4, quickstart).
         rows = [losses[f"loss_{t}"] for t in self.tasks]
         task_losses = torch.stack(rows)
-        finite, mean_losses = agree_losses(task_losses)
+        regularisers = regularisers_of(losses)
+        finite, mean_losses = agree_losses(torch.stack([*rows, *regularisers.values()]))
         if not bool(finite.all()):
-            self._skip(optim_wrapper, finite)
+            bad = [
+                k
+                for k, ok in zip([*self.tasks, *regularisers], finite.tolist(), strict=True)
+                if not ok
+            ]
+            self._skip(optim_wrapper, bad)
             self.num_steps += 1
-            return {f"nonfinite.{t}": torch.tensor(1.0) for t, ok in self._named(finite) if not ok}
-        weights = self.weighting.weights(mean_losses.to(task_losses))
+            return {f"nonfinite.{k}": torch.tensor(1.0) for k in bad}
+        weights = self.weighting.weights(mean_losses[: len(self.tasks)].to(task_losses))
+        regulariser = sum(regularisers.values()) if regularisers else None
         if kind == "weighted":
-            self._weighted_step(model, task_losses, rows, weights, optim_wrapper)
+            self._weighted_step(model, task_losses, rows, weights, regulariser, optim_wrapper)
         else:
-            self._manual_step(model, task_losses, rows, weights, optim_wrapper, kind)
+            self._manual_step(model, task_losses, rows, weights, regulariser, optim_wrapper, kind)
         self.num_steps += 1
         self.last_weights.copy_(weights.detach())
         logged = {f"weight_{t}": w.detach() for t, w in zip(self.tasks, weights, strict=True)}
@@ -276,13 +295,18 @@ class GradientBalancer(nn.Module):
             optim_wrapper.zero_grad()  # nothing to learn from; not a failure either
             return {}
         task_losses = torch.stack([losses[f"loss_{t}"] for t in labelled])
-        finite, _ = agree_losses(task_losses)
+        regularisers = regularisers_of(losses)
+        finite, _ = agree_losses(torch.stack([*task_losses, *regularisers.values()]))
         if not bool(finite.all()):
-            bad = [t for t, ok in zip(labelled, finite.tolist(), strict=True) if not ok]
-            self._skip(optim_wrapper, torch.tensor([t not in bad for t in self.tasks]))
-            return {f"nonfinite.{t}": torch.tensor(1.0) for t in bad}
+            bad = [
+                k
+                for k, ok in zip([*labelled, *regularisers], finite.tolist(), strict=True)
+                if not ok
+            ]
+            self._skip(optim_wrapper, bad)
+            return {f"nonfinite.{k}": torch.tensor(1.0) for k in bad}
         weights = self.last_weights[[self.tasks.index(t) for t in labelled]].to(task_losses)
-        objective = weights @ task_losses
+        objective = weights @ task_losses + sum(regularisers.values())
         scaler = loss_scaler(optim_wrapper)
         if scaler is not None:
             objective = scaler.scale(objective)
@@ -298,14 +322,14 @@ class GradientBalancer(nn.Module):
     def _named(self, flags: Tensor) -> list[tuple[str, bool]]:
         return list(zip(self.tasks, flags.tolist(), strict=True))
 
-    def _skip(self, optim_wrapper, finite: Tensor) -> None:
-        """Skip this step on every rank alike (the ranks agreed on ``finite``)."""
-        bad = [t for t, ok in self._named(finite) if not ok]
+    def _skip(self, optim_wrapper, bad: list[str]) -> None:
+        """Skip this step on every rank alike (the ranks agreed on ``bad``, the tasks and
+        regularisers whose loss is not finite)."""
         hub = MessageHub.get_current_instance()
         for task in bad:
             hub.update_info(f"nonfinite/{task}", hub.get_info(f"nonfinite/{task}", 0) + 1)
         print_log(
-            f"non-finite loss of task(s) {bad} at iteration {int(self.num_steps) + 1} (on at "
+            f"non-finite loss of {bad} at iteration {int(self.num_steps) + 1} (on at "
             "least one rank); this step is skipped on every rank",
             logger=MMLogger.get_current_instance(),
             level=30,
@@ -343,11 +367,29 @@ class GradientBalancer(nn.Module):
         task_losses: Tensor,
         rows: Sequence[Tensor],
         weights: Tensor,
+        regulariser: Tensor | None,
         optim_wrapper,
     ) -> None:
         objective = weights.detach() @ task_losses
+        if regulariser is not None:
+            objective = objective + regulariser
         own = self._weighting_objective(model, task_losses, rows, weights)
         optim_wrapper.update_params(objective if own is None else objective + own)
+
+    def _regulariser_gradients(
+        self, model: nn.Module, regulariser: Tensor | None, scaler: torch.amp.GradScaler | None
+    ) -> dict[nn.Parameter, Tensor]:
+        """The regularisers' gradients (rank-averaged, scaled as the task losses are), taken
+        before the per-task backwards free the graph they share."""
+        if regulariser is None:
+            return {}
+        if scaler is not None:
+            regulariser = scaler.scale(regulariser)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(regulariser, params, retain_graph=True, allow_unused=True)
+        used = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+        all_reduce_mean_([g for _, g in used], self.bucket_numel)
+        return dict(used)
 
     def _weighting_gradients(
         self,
@@ -372,6 +414,7 @@ class GradientBalancer(nn.Module):
         task_losses: Tensor,
         rows: Sequence[Tensor],
         weights: Tensor,
+        regulariser: Tensor | None,
         optim_wrapper,
         kind: str,
     ) -> None:
@@ -381,6 +424,7 @@ class GradientBalancer(nn.Module):
         if scaler is not None:
             scaled = [scaler.scale(loss) for loss in scaled]
         own = self._weighting_gradients(model, task_losses, rows, weights, scaler)
+        regularised = self._regulariser_gradients(model, regulariser, scaler)
         if kind == "amortised":
             coefficients = {g.name: self.coefficients_of(g.tasks) for g in layout.groups}
             grads = amortised_gradients(scaled, self.tasks, layout, coefficients, self.bucket_numel)
@@ -389,6 +433,8 @@ class GradientBalancer(nn.Module):
             if grads is None:
                 self._skip_overflow(optim_wrapper, scaler)
                 return
+        for param, grad in regularised.items():
+            grads[param] = grads[param] + grad if param in grads else grad
         for param, grad in [*grads.items(), *own.items()]:
             param.grad = grad
         optim_wrapper.apply_gradients()

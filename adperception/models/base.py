@@ -12,7 +12,7 @@ import torch.distributed as dist
 from mmengine.model import BaseModel
 from torch import Tensor, nn
 
-from adperception.balancing import GradientBalancer, build_balancer
+from adperception.balancing import GradientBalancer, build_balancer, regularisers_of
 from adperception.balancing.distributed import world_size
 
 
@@ -57,13 +57,17 @@ class MultiTaskBaseModel(BaseModel):
 
     def loss_log_vars(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """What the log shows of the losses, as mmengine's ``parse_losses``: every entry's mean,
-        and ``loss``, the sum of the entries named ``loss*``. A non-finite entry is left out
+        and ``loss``, the sum of the entries named ``loss*`` and of the regularisers
+        (``reg_*``, which the balancer adds at weight 1). A non-finite entry is left out
         (the balancer names it and skips that step on every rank), and so is ``loss`` then, so
         that one bad step does not poison the logged averages."""
         entries = {name: value.detach().mean() for name, value in losses.items()}
+        regularisers = regularisers_of(entries)
         finite = {name: value for name, value in entries.items() if bool(torch.isfinite(value))}
         if entries and len(finite) == len(entries):
-            finite["loss"] = sum(v for name, v in entries.items() if "loss" in name)
+            finite["loss"] = sum(
+                v for name, v in entries.items() if "loss" in name or name in regularisers
+            )
         return finite
 
     def parameter_tasks(self) -> dict[str, frozenset[str]]:

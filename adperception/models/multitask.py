@@ -10,6 +10,7 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.model import ModuleDict
 from torch import Tensor, nn
 
+from adperception.balancing import REGULARISER_PREFIX
 from adperception.data.structures import MTLDataSample
 from adperception.models.base import MultiTaskBaseModel
 from adperception.registry import MODELS
@@ -126,7 +127,9 @@ class MultiTaskModel(MultiTaskBaseModel):
 
     def extract_feat(self, inputs: Tensor) -> dict[str, list[Tensor]]:
         """Neck outputs per task group: 4 maps at strides 4, 8, 16, 32."""
-        branches = self.backbone(inputs)
+        return self._necked(self.backbone(inputs))
+
+    def _necked(self, branches: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
         return {group: list(neck(tuple(branches[group]))) for group, neck in self.necks.items()}
 
     def labelled_tasks(self, data: dict) -> list[str]:
@@ -139,9 +142,11 @@ class MultiTaskModel(MultiTaskBaseModel):
         """Per-task losses of the tasks labelled in the batch; a task no sample is labelled for
         has no entry (it contributes nothing, see ``GradientBalancer.train_step``). Dense losses
         average over the labelled pixels, so unlabelled samples count for nothing; the
-        detection loss runs on the labelled samples alone."""
-        feats = self.extract_feat(inputs)
-        losses: dict[str, Tensor] = {}
+        detection loss runs on the labelled samples alone. The backbone's regularisers come
+        as ``reg_<name>``, which the balancer adds at weight 1."""
+        branches, regularisers = self.backbone.forward_with_regularisers(inputs)
+        feats = self._necked(branches)
+        losses = {f"{REGULARISER_PREFIX}{name}": v for name, v in regularisers.items()}
         labelled = self.labelled_tasks({"data_samples": data_samples})
         for task, head in self.heads.items():
             if task not in labelled:

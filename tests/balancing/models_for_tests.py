@@ -67,3 +67,17 @@ def batch(seed: int, size: int = 8, conflict: bool = True) -> dict[str, Tensor]:
     else:
         targets = base.repeat(1, 3)
     return dict(inputs=inputs, data_samples=targets)
+
+
+class RegularisedRegressor(BranchedRegressor):
+    """``BranchedRegressor`` whose loss also returns a regulariser of no task: ``reg_activity``,
+    ``strength`` times the mean square of the trunk's output (it reaches the trunk only)."""
+
+    def __init__(self, balancer: dict | None = None, strength: float = 0.3) -> None:
+        super().__init__(balancer)
+        self.strength = strength
+
+    def loss(self, inputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        losses = super().loss(inputs, targets)
+        activity = torch.tanh(self.trunk(inputs)).square().mean()
+        return {**losses, "reg_activity": self.strength * activity}

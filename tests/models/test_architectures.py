@@ -136,6 +136,68 @@ def test_cross_stitch_backbone_at_identity_is_the_branched_backbone_and_mixes_af
     assert [mixed.parameter_stage(f"stitches.{k}.alpha") for k in range(3)] == [1, 2, 3]
 
 
+def test_orthogonality_penalty_is_the_squared_cross_products_of_the_subspaces() -> None:
+    """Ruder et al.'s ``Σ_(s<t) ‖G_sᵀ G_t‖²_F`` with every pixel of the batch a row of ``G``,
+    each pair normalised by ``‖G_sᵀ G_s‖_F ‖G_tᵀ G_t‖_F``: here by explicit sums over pixels
+    in NCHW; zero for pairs of subspaces that are never non-zero at the same pixel, one pair's
+    worth for two subspaces that are multiples of each other, and blind to scale."""
+    torch.manual_seed(0)
+    kwargs = dict(model_name=CONVNEXT, shared_stages=1, branches=BRANCHES, adapter=None)
+    backbone = CrossStitchBackbone(subspaces=4, orthogonality_weight=1.0, **kwargs)
+
+    def by_pixels(y: torch.Tensor, pairs) -> torch.Tensor:
+        g = y.split(2, dim=1)
+
+        def cross(s: int, t: int) -> torch.Tensor:
+            return torch.einsum("bihw,bjhw->ij", g[s], g[t]).square().sum()
+
+        return sum(cross(s, t) / (cross(s, s) * cross(t, t)).sqrt() for s, t in pairs)
+
+    y = torch.randn(2, 8, 3, 4)
+    every_pair = [(s, t) for s in range(4) for t in range(s + 1, 4)]
+    torch.testing.assert_close(backbone.orthogonality_penalty(y), by_pixels(y, every_pair))
+    backbone.channels_last = True
+    nhwc = backbone.orthogonality_penalty(y.permute(0, 2, 3, 1))
+    torch.testing.assert_close(nhwc, by_pixels(y, every_pair))
+    backbone.channels_last = False
+    y[:, :2, :, ::2] = 0  # subspace 0 lives at the odd columns, 1 to 3 at the even ones:
+    y[:, 2:, :, 1::2] = 0  # only the pairs among 1, 2 and 3 overlap
+    overlapping = by_pixels(y, [(1, 2), (1, 3), (2, 3)])
+    assert float(overlapping) > 0
+    torch.testing.assert_close(backbone.orthogonality_penalty(y), overlapping)
+    torch.testing.assert_close(backbone.orthogonality_penalty(1e3 * y), overlapping)
+    twins = torch.randn(1, 4, 3, 4).repeat(1, 2, 1, 1)  # subspaces 2, 3 = 0, 1
+    twins[:, 4:] *= -3.0
+    two = CrossStitchBackbone(subspaces=2, orthogonality_weight=1.0, **kwargs)
+    torch.testing.assert_close(two.orthogonality_penalty(twins), torch.tensor(1.0))
+
+
+def test_sluice_backbone_regularises_every_branch_output_before_its_stitch() -> None:
+    """``forward_with_regularisers`` returns ``forward``'s maps and λ times the penalty of each
+    group's branched-stage outputs, as the branches computed them (before mixing)."""
+    torch.manual_seed(0)
+    kwargs = dict(model_name=CONVNEXT, shared_stages=1, branches=BRANCHES, adapter=None)
+    kwargs["model_kwargs"] = LIVE_CONVNEXT
+    backbone = CrossStitchBackbone(subspaces=2, orthogonality_weight=0.5, **kwargs)
+    outputs: list[torch.Tensor] = []
+    for units in backbone.branches.values():
+        for unit in units:
+            unit.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    x = torch.randn(1, 3, 64, 64)
+    maps, regularisers = backbone.forward_with_regularisers(x)
+    assert set(regularisers) == {"sluice_orthogonality"} and len(outputs) == 2 * 3
+    expected = 0.5 * sum(backbone.orthogonality_penalty(y) for y in outputs)
+    torch.testing.assert_close(regularisers["sluice_orthogonality"], expected)
+    assert float(expected) > 0
+    assert_same_maps(maps, backbone(x))
+    regularisers["sluice_orthogonality"].backward()
+    assert next(backbone.branches["semantic"][0].parameters()).grad is not None
+    plain = CrossStitchBackbone(subspaces=2, **kwargs)
+    assert plain.forward_with_regularisers(x)[1] == {}
+    with pytest.raises(ValueError, match="subspaces >= 2"):
+        CrossStitchBackbone(orthogonality_weight=0.1, **kwargs)
+
+
 def test_task_attention_applies_its_sigmoid_masks_to_the_shared_maps() -> None:
     """Mask networks whose last norm outputs a constant b give a_s = σ(b) · f_s at every stage,
     whatever the task's previous maps."""

@@ -315,6 +315,13 @@ class BranchedBackbone(nn.Module):
             out[group] = feats
         return out
 
+    def forward_with_regularisers(
+        self, x: Tensor
+    ) -> tuple[dict[str, list[Tensor]], dict[str, Tensor]]:
+        """``forward``'s maps and the backbone's regularisers, ``{name: loss}`` terms of no task
+        that training adds at weight 1 (``balancing.REGULARISER_PREFIX``); none here."""
+        return self(x), {}
+
     def _to_nchw(self, x: Tensor) -> Tensor:
         return x.permute(0, 3, 1, 2).contiguous() if self.channels_last else x
 
