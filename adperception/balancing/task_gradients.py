@@ -3,8 +3,8 @@
 The engine under every per-task step: one backward per task through exactly the parameters its
 loss depends on, shared parameters visited in chunks (bounded memory), each chunk's rows
 averaged over ranks in flat buckets and unscaled (AMP) into the group's Gram matrix, the bytes
-held at peak recorded. ``group_update`` is the amortised counterpart: one backward per sharing
-group of its own re-weighted loss.
+held at peak recorded. ``amortised_gradients`` is the amortised counterpart: one backward per
+sharing group of its own re-weighted loss.
 """
 
 from __future__ import annotations
@@ -176,14 +176,51 @@ class TaskGradients:
 
 
 def _group_backward(
-    group: SharingGroup, a: Tensor, tasks: tuple[str, ...], scaled: list[Tensor]
+    group: SharingGroup,
+    a: Tensor,
+    tasks: tuple[str, ...],
+    scaled: list[Tensor],
+    extra: tuple[nn.Parameter, ...] = (),
 ) -> list[Tensor]:
-    """The gradient of ``Σ_k a_k L_k`` over the group's tasks, at the group's parameters."""
+    """The gradient of ``Σ_k a_k L_k`` over the group's tasks, at the group's parameters and
+    then at ``extra``'s."""
+    params = (*group.params, *extra)
     loss = sum(float(a[k]) * scaled[tasks.index(task)] for k, task in enumerate(group.tasks))
-    found = torch.autograd.grad(loss, group.params, retain_graph=True, allow_unused=True)
-    return [
-        torch.zeros_like(p) if g is None else g for p, g in zip(group.params, found, strict=True)
-    ]
+    found = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, found, strict=True)]
+
+
+#: A task's private parameters ride on a group's backward when its coefficient there is at
+#: least this fraction of the group's largest (dividing by a smaller one would lose precision).
+RIDE_TOLERANCE = 1e-3
+
+
+def _riders(
+    tasks: tuple[str, ...], layout: SharingLayout, coefficients: dict[str, Tensor]
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Per group, the tasks whose private parameters take their gradient from its backward
+    (each task in the group where its coefficient is largest in magnitude), and the tasks left
+    for a backward of their own (coefficient near 0 in every group holding them)."""
+    riders: dict[str, list[str]] = {g.name: [] for g in layout.groups}
+    alone = []
+    for task in tasks:
+        if not layout.private[task]:
+            continue
+        holding = [g for g in layout.groups if task in g.tasks]
+        best = max(
+            holding,
+            key=lambda g: abs(float(coefficients[g.name][g.tasks.index(task)])),
+            default=None,
+        )
+        if best is None:
+            alone.append(task)
+            continue
+        a = coefficients[best.name].abs()
+        if float(a[best.tasks.index(task)]) >= RIDE_TOLERANCE * float(a.max()):
+            riders[best.name].append(task)
+        else:
+            alone.append(task)
+    return riders, alone
 
 
 def amortised_gradients(
@@ -197,17 +234,28 @@ def amortised_gradients(
 
     Each sharing group's parameters get ``Σ_k a_g,k ∇(w_k L_k)`` from one backward of the
     group's loss re-weighted by its own last aggregator weights ``a_g``, as on a surgery step
-    with those weights; task-private parameters get their plain weighted gradient from one
-    backward of ``Σ_k w_k L_k``, as on a surgery step. ``scaled`` are the weighted (and, under
-    AMP, scaled) task losses in ``tasks`` order.
+    with those weights; task-private parameters get their plain weighted gradient, as on a
+    surgery step. A task's private parameters depend on its loss alone, so a group backward
+    gives them ``a_g,k ∇(w_k L_k)``: divided by ``a_g,k``, that is their gradient, with no
+    backward of their own through the heads (one backward per group in all, where a separate
+    one for the private parameters cost a quarter of the quickstart's amortised step).
+    ``scaled`` are the weighted (and, under AMP, scaled) task losses in ``tasks`` order.
     """
     grads: dict[nn.Parameter, Tensor] = {}
+    riders, alone = _riders(tasks, layout, coefficients)
     for group in layout.groups:
-        found = _group_backward(group, coefficients[group.name], tasks, scaled)
-        grads.update(zip(group.params, found, strict=True))
-    private = [p for task in tasks for p in layout.private[task]]
+        a = coefficients[group.name]
+        extra = tuple(p for task in riders[group.name] for p in layout.private[task])
+        found = _group_backward(group, a, tasks, scaled, extra)
+        grads.update(zip(group.params, found[: len(group.params)], strict=True))
+        rest = iter(found[len(group.params) :])
+        for task in riders[group.name]:
+            factor = float(a[group.tasks.index(task)])
+            grads.update((p, next(rest) / factor) for p in layout.private[task])
+    private = [p for task in alone for p in layout.private[task]]
     if private:
-        found = torch.autograd.grad(sum(scaled), private, retain_graph=True, allow_unused=True)
+        loss = sum(scaled[tasks.index(task)] for task in alone)
+        found = torch.autograd.grad(loss, private, retain_graph=True, allow_unused=True)
         grads.update(
             (p, torch.zeros_like(p) if g is None else g)
             for p, g in zip(private, found, strict=True)

@@ -176,6 +176,59 @@ def test_amortised_steps_reuse_each_groups_weights_on_its_shared_parameters_only
     assert model.balancer.plan(model) == "task_gradients"
 
 
+def _count_backwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    grad = torch.autograd.grad
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    return calls
+
+
+def test_an_amortised_step_takes_one_backward_per_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heads' gradients come from the group backwards (divided by the task's coefficient):
+    two groups, two backwards, and the update of the reference."""
+    model, optim_wrapper = make(dict(type="IMTLG", surgery_interval=3))
+    model.train_step(batch(5), optim_wrapper)
+    coefficients = {
+        g.name: model.balancer.coefficients_of(g.tasks) for g in model.balancer.layout(model).groups
+    }
+    data = batch(6)
+    expected = reference_update(
+        model,
+        data,
+        torch.ones(3),
+        lambda group, rows: coefficients[group.name].to(rows) @ rows,
+    )
+    calls = _count_backwards(monkeypatch)
+    assert model.balancer.plan(model) == "amortised"
+    assert_updates(step_and_diff(model, optim_wrapper, data), expected)
+    assert len(calls) == 2
+
+
+def test_a_task_at_coefficient_zero_gets_its_heads_gradient_from_its_own_backward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Task b weighs 0 in both groups: dividing by its coefficient is impossible, so its
+    private parameters take one more backward, and still get their plain gradient."""
+    model, optim_wrapper = make(dict(type="IMTLG", surgery_interval=3))
+    model.train_step(batch(5), optim_wrapper)
+    zero_b = {"a+b": torch.tensor([0.7, 0.0]), "a+b+c": torch.tensor([1.2, 0.0, 0.4])}
+    for group in model.balancer.layout(model).groups:
+        model.balancer._store_coefficients(group.tasks, zero_b[group.name].double())
+    data = batch(6)
+    expected = reference_update(
+        model, data, torch.ones(3), lambda group, rows: zero_b[group.name].to(rows) @ rows
+    )
+    assert expected["heads.b.weight"].abs().max() > 1e-3
+    calls = _count_backwards(monkeypatch)
+    assert_updates(step_and_diff(model, optim_wrapper, data), expected)
+    assert len(calls) == 3
+
+
 def test_amortised_weights_survive_a_checkpoint() -> None:
     model, optim_wrapper = make(dict(type="MGDA", surgery_interval=4))
     model.train_step(batch(5), optim_wrapper)
