@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from adperception.data.formats import DataFileError
 from adperception.registry import DATASETS
 from tests.data import bdd100k_fixtures as bdd
 from tests.data.bdd100k_fixtures import H, W
+from tests.tools_for_tests import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_KEYS = {"img", "img_path", "sample_idx", "ori_shape", "img_shape"}
@@ -31,13 +31,6 @@ def build(root: Path, split: str = "train") -> BDD100KMTL:
 def read_all(root: Path) -> list[dict]:
     dataset = build(root)
     return [dataset.get_raw_sample(i) for i in range(len(dataset))]
-
-
-def load_check_tool():
-    spec = importlib.util.spec_from_file_location("check_dataset", REPO / "tools/check_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_targets_follow_the_documented_encodings(tmp_path: Path) -> None:
@@ -265,7 +258,7 @@ def test_checker_lists_every_bad_frame_and_orphan_mask(tmp_path: Path) -> None:
 
 
 def test_cli_names_each_bad_file_and_passes_a_clean_tree(tmp_path: Path, capsys) -> None:
-    main = load_check_tool().main
+    main = load_tool("check_dataset").main
     bdd.write_bdd100k_tree(tmp_path / "good")
     assert main([str(tmp_path / "good")]) == 0
     assert capsys.readouterr().out.splitlines() == [

@@ -5,7 +5,6 @@ training run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from adperception.diagnostics.affinity import (
 from adperception.diagnostics.plots import Series
 from adperception.engine import MTLRunner
 from tests.balancing.models_for_tests import TASKS, BranchedRegressor, batch
+from tests.tools_for_tests import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -192,15 +192,6 @@ class Regressions(torch.utils.data.Dataset):
         return dict(inputs=self.x[idx], data_samples=self.y[idx])
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "analyze_affinity", ROOT / "tools/analyze_affinity.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_hook_in_a_real_run_and_the_tool_recommends_a_grouping(tmp_path: Path, capsys) -> None:
     """b's target is minus a's, c's another function: a run logs the lookahead affinity every
     2 iterations and the tool, given a budget of 2 groups, keeps a and b apart."""
@@ -258,7 +249,8 @@ def test_hook_in_a_real_run_and_the_tool_recommends_a_grouping(tmp_path: Path, c
     (cosine_only / path.parent.parent.name / "vis_data" / "scalars.json").write_text(
         "".join(json.dumps(r) + "\n" for r in kept)
     )
-    tool = _load_tool()  # the command line ran above: the other cases in this process
+    # the command line ran above: the other cases in this process
+    tool = load_tool("analyze_affinity")
     assert tool.main([str(cosine_only), "--out-dir", str(tmp_path / "out2")]) == 0
     assert json.loads((tmp_path / "out2" / "affinity.json").read_text())["kind"] == "cosine"
     assert tool.main([str(tmp_path / "nowhere")]) == 1

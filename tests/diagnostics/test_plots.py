@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -19,8 +18,8 @@ from adperception.diagnostics.plots import (
     with_prefix,
     write_plots,
 )
+from tests.tools_for_tests import load_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("det", "seg", "depth", "normals")
 GROUPS = {
     "det+seg+depth+normals": TASKS,
@@ -169,15 +168,8 @@ def test_clear_errors(tmp_path: Path, runs, error, message: str) -> None:
         find_scalars(work_dir)
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("analyze_logs", ROOT / "tools/analyze_logs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_command_line(work_dir: Path, tmp_path: Path, capsys) -> None:
-    tool = load_tool()
+    tool = load_tool("analyze_logs")
     assert tool.main([str(work_dir)]) == 0
     run = work_dir / "20250102_000000"
     assert sorted(p.name for p in (run / "plots").iterdir()) == sorted(PICTURES)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,15 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools_for_tests import load_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = {"det", "seg", "depth", "normals"}
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("tool_benchmark", ROOT / "tools/benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +82,7 @@ def test_variants_run_on_cpu(variant: str) -> None:
     """The --amp code path (bf16 autocast, channels-last) runs a real derived single-task net."""
     import torch
 
-    bench = _load_benchmark()
+    bench = load_tool("benchmark")
     model = bench.build_inference_model(str(ROOT / "configs/quickstart.py"), "seg")
     assert list(model.heads) == ["seg"] and not model.training
     latency = bench.time_inference(
@@ -102,7 +96,7 @@ def test_variants_run_on_cpu(variant: str) -> None:
 
 
 def test_unknown_variant_and_task_are_named() -> None:
-    bench = _load_benchmark()
+    bench = load_tool("benchmark")
     config = str(ROOT / "configs/quickstart.py")
     with pytest.raises(ValueError, match="quickstart.py: model.heads has no 'pose'"):
         bench.build_inference_model(config, "pose")
@@ -112,7 +106,7 @@ def test_unknown_variant_and_task_are_named() -> None:
 
 
 def test_sum_requires_each_task_once() -> None:
-    bench = _load_benchmark()
+    bench = load_tool("benchmark")
     row = dict(size="128x256", batch=1, variant="fp32", latency_s=1.0, params=1, peak_mem_mb=1.0)
     row["device"] = "cpu"
     records = [dict(row, config=t, tasks=[t]) for t in ("det", "seg", "depth", "depth")]
@@ -162,7 +156,7 @@ def test_architectures_count_what_each_network_computes(tmp_path: Path) -> None:
     assert all(
         r["train_step_s_median"] > 0 and r["inference_images_per_s"] > 0 for r in records.values()
     )
-    bench = _load_benchmark()
+    bench = load_tool("benchmark")
     _, model, _ = bench._build_trainable(configs["hard"])
     expected = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert records["hard"]["trainable_params"] == expected

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from matplotlib.image import imread
 
+from tests.tools_for_tests import load_tool
+
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "tools/compare_runs.py")
-compare_runs = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare_runs)
+compare_runs = load_tool("compare_runs")
 
 
 def write_run(work_dir: Path, maps: dict[int, float]) -> None:

@@ -3,7 +3,6 @@ the model loads."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,17 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.tools_for_tests import load_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_infer():
-    spec = importlib.util.spec_from_file_location("tool_infer", ROOT / "tools/infer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-infer = _load_infer()
+infer = load_tool("infer")
 
 
 def write_image(path: Path, height: int = 40, width: int = 60, fmt: str = "PNG") -> Path:
