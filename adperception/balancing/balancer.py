@@ -328,8 +328,9 @@ class GradientBalancer(nn.Module):
         hub = MessageHub.get_current_instance()
         for task in bad:
             hub.update_info(f"nonfinite/{task}", hub.get_info(f"nonfinite/{task}", 0) + 1)
+        what = "task(s)" if set(bad) <= set(self.tasks) else "task(s) or regulariser(s)"
         print_log(
-            f"non-finite loss of {bad} at iteration {int(self.num_steps) + 1} (on at "
+            f"non-finite loss of {what} {bad} at iteration {int(self.num_steps) + 1} (on at "
             "least one rank); this step is skipped on every rank",
             logger=MMLogger.get_current_instance(),
             level=30,
