@@ -123,10 +123,12 @@ def test_balancers_reports_every_method_against_equal_weighting(tmp_path: Path) 
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=900)
     records = json.loads(out.read_text())
     assert list(records) == ["equal", "pcgrad", "pcgrad_k8", "pcgrad_reference"]
-    assert all(r["step_s"] > 0 for r in records.values())
-    assert records["equal"]["ratio_to_equal"] == 1.0
+    assert all(r["step_s"] > 0 and r["step_cpu_s"] > 0 for r in records.values())
+    assert records["equal"]["ratio_to_equal"] == records["equal"]["cpu_ratio_to_equal"] == 1.0
     for record in records.values():
         assert math.isclose(record["ratio_to_equal"], record["step_s"] / records["equal"]["step_s"])
+        cpu = record["step_cpu_s"] / records["equal"]["step_cpu_s"]
+        assert math.isclose(record["cpu_ratio_to_equal"], cpu)
     assert records["equal"]["task_grad_peak_mb"] is None
     # the reference holds every parameter's gradient per task, the grouped one only shared ones
     assert (
