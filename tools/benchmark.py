@@ -325,7 +325,7 @@ def bench_balancers(args: argparse.Namespace) -> dict:
     over whole cycles of k steps, which the median would hide the surgery step from.
     ``step_cpu_s`` is the same of the process's CPU time: the work of a step, which time
     stolen by other jobs or a shared host's neighbours leaves out (wall-clock ratios measured
-    on such a machine here varied by 25 % between identical runs, CPU-time ones by 2 %).
+    on such a machine here varied by a quarter between identical runs, CPU-time ones by 1-3 %).
     ``task_grad_peak_mb``: the most memory the per-task gradients held at once;
     ``step_peak_mb`` (with ``--peers``): the most memory one step held above the model and
     optimizer state it started from.

@@ -260,14 +260,9 @@ class GradientBalancer(nn.Module):
         regularisers = regularisers_of(losses)
         finite, mean_losses = agree_losses(torch.stack([*rows, *regularisers.values()]))
         if not bool(finite.all()):
-            bad = [
-                k
-                for k, ok in zip([*self.tasks, *regularisers], finite.tolist(), strict=True)
-                if not ok
-            ]
-            self._skip(optim_wrapper, bad)
+            logged = self._skip(optim_wrapper, [*self.tasks, *regularisers], finite)
             self.num_steps += 1
-            return {f"nonfinite.{k}": torch.tensor(1.0) for k in bad}
+            return logged
         weights = self.weighting.weights(mean_losses[: len(self.tasks)].to(task_losses))
         regulariser = sum(regularisers.values()) if regularisers else None
         if kind == "weighted":
@@ -298,13 +293,7 @@ class GradientBalancer(nn.Module):
         regularisers = regularisers_of(losses)
         finite, _ = agree_losses(torch.stack([*task_losses, *regularisers.values()]))
         if not bool(finite.all()):
-            bad = [
-                k
-                for k, ok in zip([*labelled, *regularisers], finite.tolist(), strict=True)
-                if not ok
-            ]
-            self._skip(optim_wrapper, bad)
-            return {f"nonfinite.{k}": torch.tensor(1.0) for k in bad}
+            return self._skip(optim_wrapper, [*labelled, *regularisers], finite)
         weights = self.last_weights[[self.tasks.index(t) for t in labelled]].to(task_losses)
         objective = weights @ task_losses + sum(regularisers.values())
         scaler = loss_scaler(optim_wrapper)
@@ -322,9 +311,10 @@ class GradientBalancer(nn.Module):
     def _named(self, flags: Tensor) -> list[tuple[str, bool]]:
         return list(zip(self.tasks, flags.tolist(), strict=True))
 
-    def _skip(self, optim_wrapper, bad: list[str]) -> None:
-        """Skip this step on every rank alike (the ranks agreed on ``bad``, the tasks and
-        regularisers whose loss is not finite)."""
+    def _skip(self, optim_wrapper, names: list[str], finite: Tensor) -> dict[str, Tensor]:
+        """Skip this step on every rank alike (the ranks agreed on ``finite``, one flag per
+        task or regulariser of ``names``); returns what to log of the non-finite ones."""
+        bad = [name for name, ok in zip(names, finite.tolist(), strict=True) if not ok]
         hub = MessageHub.get_current_instance()
         for task in bad:
             hub.update_info(f"nonfinite/{task}", hub.get_info(f"nonfinite/{task}", 0) + 1)
@@ -336,6 +326,7 @@ class GradientBalancer(nn.Module):
             level=30,
         )
         optim_wrapper.skip_step()
+        return {f"nonfinite.{name}": torch.tensor(1.0) for name in bad}
 
     def _gradient_norms(self, model: nn.Module, rows: Sequence[Tensor]) -> Tensor | None:
         """``‖∇_W L_i‖`` at the shared parameters the weighting picks, if it needs them."""
