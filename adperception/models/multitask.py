@@ -100,10 +100,18 @@ class MultiTaskModel(MultiTaskBaseModel):
         self.init_balancer(balancer)
         self._report_parameters()
 
-    def _report_parameters(self) -> None:
+    def trainable_parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per part (the backbone's parts, each neck, each head, the
+        balancer's own, such as uncertainty weighting's log-variances): they sum to the model's."""
         counts = {f"backbone.{k}": v for k, v in self.backbone.trainable_parameter_counts().items()}
         counts.update({f"neck.{g}": _count(m) for g, m in self.necks.items()})
         counts.update({f"head.{t}": _count(m) for t, m in self.heads.items()})
+        if _count(self.balancer):
+            counts["balancer"] = _count(self.balancer)
+        return counts
+
+    def _report_parameters(self) -> None:
+        counts = self.trainable_parameter_counts()
         lines = "\n".join(f"  {name:<28} {n / 1e6:8.3f} M" for name, n in counts.items())
         print_log(
             f"trainable parameters ({_count(self) / 1e6:.3f} M in all):\n{lines}",

@@ -357,3 +357,23 @@ def test_every_architecture_traces_its_sharing(architecture: str, batch: dict) -
         assert any(".norms.semantic." in n for n in groups[("det", "seg")])
     if architecture == "mtan":
         assert not any(n.startswith("backbone.attention.") for n in everyone)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_parameter_report_counts_every_part_once(architecture: str) -> None:
+    """The report the model logs at build: its parts add up to every trainable parameter, and
+    the parts a backbone subclass builds after ``BranchedBackbone`` (cross-stitch units,
+    attention) have their own lines."""
+    setup_runtime()
+    cfg = Config.fromfile(ROOT / f"configs/experiments/architectures/{architecture}.py")
+    model = MODELS.build(cfg.model)
+    counts = model.trainable_parameter_counts()
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    own = {
+        "cross_stitch": "backbone.stitches",
+        "sluice": "backbone.stitches",
+        "mtan": "backbone.attention.det",
+        "hyper_adapters": "backbone.adapters.hypernetwork",
+    }.get(architecture)
+    if own is not None:
+        assert counts[own] > 0

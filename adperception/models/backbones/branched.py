@@ -253,11 +253,6 @@ class BranchedBackbone(nn.Module):
             for _, param in adapter_parameters(self):
                 param.requires_grad_(True)
         self.train()  # BatchNorm on its running statistics from the start (norm_eval)
-        print_log(
-            f"BranchedBackbone {model_name}: shared_stages={shared_stages}, "
-            f"trainable parameters {self.trainable_parameter_counts()}",
-            logger="current",
-        )
 
     def train(self, mode: bool = True) -> BranchedBackbone:
         super().train(mode)
@@ -363,8 +358,10 @@ class BranchedBackbone(nn.Module):
         return None
 
     def trainable_parameter_counts(self) -> dict[str, int]:
-        """Trainable parameters per part: ``shared``, ``branch.<g>`` (backbone weights of group g's
-        stages) and ``adapters.<g>``."""
+        """Trainable parameters per part, every one counted once: ``shared`` (the trunk),
+        ``branch.<g>`` (backbone weights of group g's stages), ``adapters.<g>``, and each part a
+        subclass adds (``stitches``, ``attention.<g>``, ``adapters.hypernetwork``) under its
+        own name. Read once the model is built: a subclass builds its parts after this class."""
         counts = {"shared": _count(self.trunk.parameters())}
         if hasattr(self, "hypernetwork"):
             counts["adapters.hypernetwork"] = _count(self.hypernetwork.parameters())
@@ -373,6 +370,12 @@ class BranchedBackbone(nn.Module):
             params = list(stage_list.parameters())
             counts[f"branch.{group}"] = _count(p for p in params if id(p) not in adapter_ids)
             counts[f"adapters.{group}"] = _count(p for p in params if id(p) in adapter_ids)
+        for name, part in self.named_children():
+            if name in ("trunk", "branches", "hypernetwork"):
+                continue
+            named = part.items() if isinstance(part, nn.ModuleDict) else [(None, part)]
+            for key, module in named:
+                counts[name if key is None else f"{name}.{key}"] = _count(module.parameters())
         return counts
 
 

@@ -47,10 +47,3 @@ class TaskAttentionBackbone(BranchedBackbone):
         if parts[0] == "attention":
             return group_tasks[parts[1]]
         return super()._declared_tasks(name, group_tasks)
-
-    def trainable_parameter_counts(self) -> dict[str, int]:
-        counts = super().trainable_parameter_counts()
-        # BranchedBackbone reports its counts before this class has built its attention
-        for group, module in getattr(self, "attention", {}).items():
-            counts[f"attention.{group}"] = sum(p.numel() for p in module.parameters())
-        return counts
