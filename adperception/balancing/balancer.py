@@ -49,6 +49,13 @@ STEP_KINDS = ("weighted", "task_gradients", "amortised", "partial")
 DRIVER_ARGS = ("measure_interval", "chunk_numel", "bucket_numel", "batched_backward", "seed")
 #: The key prefix of a model's losses that belong to no task (``reg_sluice_orthogonality``).
 REGULARISER_PREFIX = "reg_"
+#: Said with an unknown balancer argument: the usual cause is a base config's other balancer.
+REPLACE_HINT = (
+    "a config that sets only model.balancer.type keeps the other arguments of the balancer it "
+    "inherits (the base configs' Escalation: conflict_threshold, patience, ...); replace the "
+    "whole dict: balancer=dict(_delete_=True, type=...) in a config, or --cfg-options "
+    "model.balancer._delete_=True model.balancer.type=... on the command line"
+)
 
 
 def regularisers_of(losses: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -172,6 +179,7 @@ class GradientBalancer(nn.Module):
                 f"balancer with aggregator {aggregator!r}: unknown argument(s) {unknown}; "
                 "besides weighting, surgery_interval, measure_interval, chunk_numel, "
                 f"bucket_numel, batched_backward and seed it takes {sorted(accepted) or 'nothing'}"
+                f". If they are not yours: {REPLACE_HINT}"
             )
         return kwargs
 
@@ -556,6 +564,13 @@ def build_balancer(cfg: dict | None, tasks: Sequence[str]) -> GradientBalancer:
     if isinstance(target, type) and issubclass(target, Weighting):
         # a weighting alone: the step driver's own arguments (measure_interval, ...) go to it
         own = {k: cfg.pop(k) for k in DRIVER_ARGS if k in cfg}
+        unknown = sorted(set(cfg) - {"type"} - set(inspect.signature(target).parameters))
+        if unknown:
+            raise TypeError(
+                f"model.balancer: the weighting {kind!r} takes no argument(s) {unknown} (a "
+                f"weighting alone takes its own and {', '.join(DRIVER_ARGS)}). If they are not "
+                f"yours: {REPLACE_HINT}"
+            )
         weighting = BALANCERS.build({**cfg, "tasks": tuple(tasks)})
         return GradientBalancer(tasks, weighting=weighting, **own)
     built = BALANCERS.build({**cfg, "tasks": tuple(tasks)})

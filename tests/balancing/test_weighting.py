@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from mmengine.config import Config
 
 from adperception.balancing import (
     DWA,
@@ -136,6 +137,23 @@ def test_unknown_balancer_arguments_fail_at_build_time() -> None:
         build_balancer(dict(type="PCGard"), T2)
     with pytest.raises(TypeError, match="unknown argument"):
         build_balancer(dict(type="Escalation", c=0.4), T2)
+
+
+@pytest.mark.parametrize("kind", ["FAMO", "PCGrad"])
+def test_a_new_balancer_type_over_the_escalation_names_the_inherited_arguments(kind: str) -> None:
+    """``--cfg-options model.balancer.type=X`` over a base config's Escalation keeps the
+    Escalation's arguments (mmengine merges); the error names them and says how to replace
+    the dict, and the replacement it names builds."""
+    escalation = dict(type="Escalation", patience=5, measure_interval=25)
+    cfg = Config(dict(model=dict(balancer=escalation)))
+    cfg.merge_from_dict({"model.balancer.type": kind})
+    with pytest.raises(TypeError, match=r"\['patience'\].*model\.balancer\._delete_=True"):
+        build_balancer(cfg.model.balancer, T2)
+    cfg.merge_from_dict({"model.balancer._delete_": True, "model.balancer.type": kind})
+    assert cfg.model.balancer == dict(type=kind)
+    built = build_balancer(cfg.model.balancer, T2)
+    assert built.active_aggregator() == (None if kind == "FAMO" else "pcgrad")
+    assert isinstance(built.weighting, FAMO if kind == "FAMO" else EqualWeighting)
 
 
 def test_a_skipped_non_finite_step_leaves_the_weighting_state_alone() -> None:
