@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 from mmengine.dataset import BaseDataset, force_full_init
 
 from adperception.data.formats import DataFileError, check_size  # noqa: F401  (re-export)
@@ -66,6 +67,22 @@ class MTLDataset(BaseDataset):
     def get_raw_sample(self, idx: int) -> dict:
         """The decoded sample of the data contract, before any transform."""
         raise NotImplementedError
+
+    def image_sample(self, idx: int, read_image: Callable[[str], np.ndarray]) -> tuple[dict, dict]:
+        """Sample ``idx``'s file paths, and the contract's image part (``img`` decoded by the
+        format's ``read_image``, its path, index and shape) for ``get_raw_sample`` to add the
+        targets to."""
+        info = self.get_data_info(idx)
+        img = read_image(info["img_path"])
+        shape = img.shape[:2]
+        sample = dict(
+            img=img,
+            img_path=info["img_path"],
+            sample_idx=info["sample_idx"],
+            ori_shape=shape,
+            img_shape=shape,
+        )
+        return info, sample
 
     def prepare_data(self, idx: int) -> dict | None:
         return self.pipeline(self.get_raw_sample(idx))

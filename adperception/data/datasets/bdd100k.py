@@ -324,16 +324,8 @@ class BDD100KMTL(MTLDataset):
         return samples
 
     def get_raw_sample(self, idx: int) -> dict:
-        info = self.get_data_info(idx)
-        img = read_image(info["img_path"])
-        shape = img.shape[:2]
-        sample = dict(
-            img=img,
-            img_path=info["img_path"],
-            sample_idx=info["sample_idx"],
-            ori_shape=shape,
-            img_shape=shape,
-        )
+        info, sample = self.image_sample(idx, read_image)
+        shape = sample["img_shape"]
         if "det_path" in info:
             frame = DetFrame(info["det_frame"], info["det_boxes"], info["det_labels"])
             sample["gt_bboxes"], sample["gt_bboxes_labels"] = det_targets(

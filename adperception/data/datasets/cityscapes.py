@@ -276,16 +276,8 @@ class CityscapesMTL(MTLDataset):
         return sample_path(self.data_root, self.split, *key, suffix)
 
     def get_raw_sample(self, idx: int) -> dict:
-        info = self.get_data_info(idx)
-        img = read_image(info["img_path"])
-        shape = img.shape[:2]
-        sample = dict(
-            img=img,
-            img_path=info["img_path"],
-            sample_idx=info["sample_idx"],
-            ori_shape=shape,
-            img_shape=shape,
-        )
+        info, sample = self.image_sample(idx, read_image)
+        shape = sample["img_shape"]
         if "label_ids_path" in info:
             sample["gt_seg_map"] = TRAIN_ID_LUT[read_label_ids(info["label_ids_path"], shape)]
         if "instance_ids_path" in info:

@@ -185,16 +185,8 @@ class NYUv2MTL(MTLDataset):
         return [files for _, files in samples]
 
     def get_raw_sample(self, idx: int) -> dict:
-        info = self.get_data_info(idx)
-        img = read_image(info["img_path"])
-        shape = img.shape[:2]
-        sample = dict(
-            img=img,
-            img_path=info["img_path"],
-            sample_idx=info["sample_idx"],
-            ori_shape=shape,
-            img_shape=shape,
-        )
+        info, sample = self.image_sample(idx, read_image)
+        shape = sample["img_shape"]
         if "label_path" in info:
             sample["gt_seg_map"] = read_label(info["label_path"], shape)
         if "depth_path" in info:
