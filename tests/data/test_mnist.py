@@ -12,6 +12,7 @@ import torch
 from mmengine.dataset import default_collate
 
 from adperception.data.datasets import mnist
+from adperception.data.datasets.digits import split_indices
 from adperception.data.formats import DataFileError
 from adperception.registry import DATASETS
 
@@ -58,7 +59,10 @@ def test_images_are_digits_of_their_label() -> None:
 
 
 def test_split_sizes_disjoint_stratified_and_fixed(labels: np.ndarray) -> None:
-    train, test = mnist.split_indices(labels, "train"), mnist.split_indices(labels, "test")
+    train, test = (
+        split_indices(labels, "train", mnist.TEST_SIZE),
+        split_indices(labels, "test", mnist.TEST_SIZE),
+    )
     assert (len(train), len(test)) == (4000, 1000)
     assert sorted([*train, *test]) == list(range(5000))
     assert np.bincount(labels[test], minlength=10).tolist() == [100] * 10
@@ -73,7 +77,7 @@ def test_items_match_the_source_and_parity_is_derived(
     rows: list[list[int]], labels: np.ndarray, split: str
 ) -> None:
     dataset = build(split)
-    indices = mnist.split_indices(labels, split)
+    indices = split_indices(labels, split, mnist.TEST_SIZE)
     digit, parity = task_labels(dataset, "digit"), task_labels(dataset, "parity")
     np.testing.assert_array_equal(digit, labels[indices])
     np.testing.assert_array_equal(parity, labels[indices] % 2)

@@ -16,14 +16,17 @@ TEST_SIZE = 0.2
 PIXEL_MAX = 16.0
 
 
-def split_indices(targets: np.ndarray, split: str) -> np.ndarray:
-    """The sorted indices of ``split`` in a fixed 80/20 split, stratified by digit."""
+def split_indices(
+    targets: np.ndarray, split: str, test_size: float | int = TEST_SIZE
+) -> np.ndarray:
+    """The sorted indices of ``split`` in a fixed split (``test_size``: a share or a count, as
+    scikit-learn takes it), stratified by digit."""
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     train, test = train_test_split(
-        np.arange(len(targets)), test_size=TEST_SIZE, random_state=0, stratify=targets
+        np.arange(len(targets)), test_size=test_size, random_state=0, stratify=targets
     )
     return np.sort(train if split == "train" else test)
 

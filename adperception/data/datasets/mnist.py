@@ -9,9 +9,8 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import torch
-from mmengine.dataset import BaseDataset
 
+from adperception.data.datasets.digits import DigitsMTL, split_indices
 from adperception.data.formats import DataFileError
 from adperception.registry import DATASETS
 
@@ -54,20 +53,8 @@ def read_mnist(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return pixels.reshape(-1, SIDE, SIDE).astype(np.uint8), labels
 
 
-def split_indices(targets: np.ndarray, split: str) -> np.ndarray:
-    """The sorted indices of ``split`` in a fixed 4000/1000 split, stratified by digit."""
-    from sklearn.model_selection import train_test_split
-
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    train, test = train_test_split(
-        np.arange(len(targets)), test_size=TEST_SIZE, random_state=0, stratify=targets
-    )
-    return np.sort(train if split == "train" else test)
-
-
 @DATASETS.register_module()
-class MNISTMTL(BaseDataset):
+class MNISTMTL(DigitsMTL):
     """``dataset[i]`` is ``dict(inputs=float32 1×28×28 in [0, 1], data_samples=dict(digit=...,
     parity=...))`` with int64 scalar labels, as ``DigitsMTL``; batch it with ``default_collate``.
 
@@ -75,23 +62,10 @@ class MNISTMTL(BaseDataset):
         split: ``'train'`` (4000 images) or ``'test'`` (1000), the same for every run.
     """
 
-    def __init__(self, *, split: str = "train", **kwargs) -> None:
-        self.split = split
-        super().__init__(serialize_data=False, **kwargs)
-
     def load_data_list(self) -> list[dict]:
         images, labels = read_mnist(mnist_file())
         images = images.astype(np.float32) / 255.0
         return [
             dict(image=images[i], digit=int(labels[i]), parity=int(labels[i]) % 2)
-            for i in split_indices(labels, self.split)
+            for i in split_indices(labels, self.split, TEST_SIZE)
         ]
-
-    def prepare_data(self, idx: int) -> dict:
-        info = self.data_list[idx]
-        return dict(
-            inputs=torch.tensor(info["image"]).unsqueeze(0),
-            data_samples=dict(
-                digit=torch.tensor(info["digit"]), parity=torch.tensor(info["parity"])
-            ),
-        )
