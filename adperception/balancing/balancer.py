@@ -9,7 +9,8 @@ Every step is one of three kinds, planned before its forward (``plan``):
   matrix gives the aggregator's task weights ``a_g`` and the group's update ``a_gᵀ G_g``; the
   task-private parameters keep their weighted gradient;
 - ``"amortised"`` (between surgery steps, ``surgery_interval > 1``): the same update rule with
-  each group's last ``a_g``, from one backward per group (``amortised_gradients``).
+  each group's last ``a_g`` (``amortised_gradients``: from the inputs of the heads when the
+  model records them, each head traversed once; otherwise one backward per group).
 
 A model may also return *regularisers*, ``reg_<name>`` losses that belong to no task (sluice
 networks' orthogonality penalty between subspaces): they are added at weight 1 to every step's
@@ -27,7 +28,7 @@ unchanged.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -235,10 +236,17 @@ class GradientBalancer(nn.Module):
     # -- one training step ---------------------------------------------------------------------
 
     def train_step(
-        self, model: nn.Module, losses: dict[str, Tensor], optim_wrapper, kind: str
+        self,
+        model: nn.Module,
+        losses: dict[str, Tensor],
+        optim_wrapper,
+        kind: str,
+        head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
     ) -> dict[str, Tensor]:
         """Backward and optimizer step for the per-task ``losses['loss_<task>']``; returns the
-        values to log. ``kind`` is what ``plan`` returned before the forward.
+        values to log. ``kind`` is what ``plan`` returned before the forward. ``head_inputs``
+        (per task, the tensors its head read; ``MultiTaskBaseModel.head_inputs``) let the
+        amortised steps traverse each head once.
 
         On a ``partial`` step some task had no labelled sample in the batch (on some rank; the
         model left its loss out): the step is then a plain weighted one over the labelled tasks
@@ -276,7 +284,9 @@ class GradientBalancer(nn.Module):
         if kind == "weighted":
             self._weighted_step(model, task_losses, rows, weights, regulariser, optim_wrapper)
         else:
-            self._manual_step(model, task_losses, rows, weights, regulariser, optim_wrapper, kind)
+            self._manual_step(
+                model, task_losses, rows, weights, regulariser, optim_wrapper, kind, head_inputs
+            )
         self.num_steps += 1
         self.last_weights.copy_(weights.detach())
         logged = {f"weight_{t}": w.detach() for t, w in zip(self.tasks, weights, strict=True)}
@@ -417,6 +427,7 @@ class GradientBalancer(nn.Module):
         regulariser: Tensor | None,
         optim_wrapper,
         kind: str,
+        head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
     ) -> None:
         layout = self.layout(model)
         scaler = loss_scaler(optim_wrapper)
@@ -427,7 +438,9 @@ class GradientBalancer(nn.Module):
         regularised = self._regulariser_gradients(model, regulariser, scaler)
         if kind == "amortised":
             coefficients = {g.name: self.coefficients_of(g.tasks) for g in layout.groups}
-            grads = amortised_gradients(scaled, self.tasks, layout, coefficients, self.bucket_numel)
+            grads = amortised_gradients(
+                scaled, self.tasks, layout, coefficients, self.bucket_numel, head_inputs
+            )
         else:
             grads = self._task_gradients(layout, task_losses, weights, scaled, scaler)
             if grads is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +27,14 @@ class PCGradReference(GradientBalancer):
         return "weighted"  # DDP is not supported: nothing to bypass
 
     def train_step(
-        self, model: nn.Module, losses: dict[str, Tensor], optim_wrapper, kind: str
+        self,
+        model: nn.Module,
+        losses: dict[str, Tensor],
+        optim_wrapper,
+        kind: str,
+        head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
     ) -> dict[str, Tensor]:
+        """Full backwards from the losses: ``head_inputs`` are not used."""
         task_losses = [losses[f"loss_{t}"] for t in self.tasks]  # each its own graph root
         weights = self.weighting.weights(torch.stack(task_losses).detach()).detach()
         own = {id(p) for p in self.parameters()}

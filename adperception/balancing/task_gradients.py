@@ -9,6 +9,8 @@ sharing group of its own re-weighted loss.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -175,6 +177,63 @@ class TaskGradients:
         return update
 
 
+def _through_head_inputs(
+    scaled: list[Tensor],
+    tasks: tuple[str, ...],
+    layout: SharingLayout,
+    coefficients: dict[str, Tensor],
+    head_inputs: Mapping[str, Sequence[Tensor]],
+) -> dict[nn.Parameter, Tensor]:
+    """The amortised gradients, each head traversed once.
+
+    Task k's loss depends on the shared parameters only through its head's inputs ``x``: one
+    backward from ``w_k L_k`` gives its private gradient and the cotangents ``h_k = ∂(w_k L_k)/∂x``;
+    then one backward per group from the inputs its tasks read, with cotangents
+    ``Σ_k a_g,k h_k``, gives ``Σ_k a_g,k ∇_θ(w_k L_k)`` at the group's parameters θ (the chain
+    rule, linear in the cotangent). The same gradients as the group backwards of the re-weighted
+    losses, which each pass through all their tasks' heads again (the detector's decoder, on
+    the quickstart, the most expensive part of a step).
+    """
+    grads: dict[nn.Parameter, Tensor] = {}
+    pulls: dict[str, dict[int, tuple[Tensor, Tensor]]] = {g.name: {} for g in layout.groups}
+    for i, task in enumerate(tasks):
+        private = list(layout.private[task])
+        inputs = [x for x in head_inputs[task] if x.requires_grad]
+        found = torch.autograd.grad(
+            scaled[i], private + inputs, retain_graph=True, allow_unused=True
+        )
+        grads.update(
+            (p, torch.zeros_like(p) if g is None else g)
+            for p, g in zip(private, found[: len(private)], strict=True)
+        )
+        for group in layout.groups:
+            if task not in group.tasks:
+                continue
+            a = float(coefficients[group.name][group.tasks.index(task)])
+            for x, h in zip(inputs, found[len(private) :], strict=True):
+                if h is not None:
+                    _, pull = pulls[group.name].setdefault(id(x), (x, torch.zeros_like(x)))
+                    pull.add_(h, alpha=a)
+    for group in layout.groups:
+        entries = list(pulls[group.name].values())
+        found = (
+            torch.autograd.grad(
+                [x for x, _ in entries],
+                group.params,
+                grad_outputs=[v for _, v in entries],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            if entries
+            else [None] * len(group.params)
+        )
+        grads.update(
+            (p, torch.zeros_like(p) if g is None else g)
+            for p, g in zip(group.params, found, strict=True)
+        )
+    return grads
+
+
 def _group_backward(
     group: SharingGroup,
     a: Tensor,
@@ -229,18 +288,26 @@ def amortised_gradients(
     layout: SharingLayout,
     coefficients: dict[str, Tensor],
     bucket_numel: int,
+    head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
 ) -> dict[nn.Parameter, Tensor]:
     """The gradients of a step between surgery steps, rank-averaged.
 
-    Each sharing group's parameters get ``Σ_k a_g,k ∇(w_k L_k)`` from one backward of the
-    group's loss re-weighted by its own last aggregator weights ``a_g``, as on a surgery step
-    with those weights; task-private parameters get their plain weighted gradient, as on a
-    surgery step. A task's private parameters depend on its loss alone, so a group backward
-    gives them ``a_g,k ∇(w_k L_k)``: divided by ``a_g,k``, that is their gradient, with no
-    backward of their own through the heads (one backward per group in all, where a separate
-    one for the private parameters cost a quarter of the quickstart's amortised step).
-    ``scaled`` are the weighted (and, under AMP, scaled) task losses in ``tasks`` order.
+    Each sharing group's parameters get ``Σ_k a_g,k ∇(w_k L_k)``, with the group's own last
+    aggregator weights ``a_g``, as on a surgery step with those weights; task-private
+    parameters get their plain weighted gradient, as on a surgery step. ``scaled`` are the
+    weighted (and, under AMP, scaled) task losses in ``tasks`` order.
+
+    With ``head_inputs`` (per task, the tensors its head read, ``_through_head_inputs``) every
+    head is traversed once. Without, one backward per group of its re-weighted loss, which
+    passes through the heads of all its tasks again: a task's private parameters depend on its
+    loss alone, so a group backward gives them ``a_g,k ∇(w_k L_k)``, divided by ``a_g,k`` their
+    gradient (one backward per group in all, where a separate one for the private parameters
+    cost a quarter of the quickstart's amortised step).
     """
+    if head_inputs is not None:
+        grads = _through_head_inputs(scaled, tasks, layout, coefficients, head_inputs)
+        all_reduce_mean_(list(grads.values()), bucket_numel)
+        return grads
     grads: dict[nn.Parameter, Tensor] = {}
     riders, alone = _riders(tasks, layout, coefficients)
     for group in layout.groups:

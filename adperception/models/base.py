@@ -30,6 +30,22 @@ class MultiTaskBaseModel(BaseModel):
     tasks: tuple[str, ...]
     balancer: GradientBalancer
     _parameter_tasks: dict[str, frozenset[str]] | None = None  # traced on first use
+    #: Per task, the tensors its head read in the ``loss`` forward of a training step, for a
+    #: subclass whose heads see nothing else of the network (all between them and the loss is
+    #: the task's own): the balancer's amortised steps then backpropagate through each head
+    #: once (``amortised_gradients``). ``train_step`` hands them over and drops them.
+    head_inputs: dict[str, tuple[Tensor, ...]] | None = None
+    records_head_inputs = False  # True within ``recording_head_inputs``
+
+    @contextmanager
+    def recording_head_inputs(self) -> Iterator[None]:
+        """``loss`` passes within it record ``head_inputs`` (where the subclass can); outside,
+        none is kept, so no other caller of ``loss`` holds a forward graph alive."""
+        self.records_head_inputs = True
+        try:
+            yield
+        finally:
+            self.records_head_inputs = False
 
     def init_balancer(self, balancer: dict | None) -> None:
         """``balancer``: a ``model.balancer`` config; None → the default ``Escalation``."""
@@ -41,12 +57,13 @@ class MultiTaskBaseModel(BaseModel):
         kind = self.balancer.plan(self) if len(labelled) == len(self.tasks) else "partial"
         sync = ddp.no_sync() if ddp is not None and kind != "weighted" else nullcontext()
         with sync:
-            with optim_wrapper.optim_context(model):
+            with optim_wrapper.optim_context(model), self.recording_head_inputs():
                 data = self.data_preprocessor(data, True)
                 losses = model._run_forward(data, mode="loss")
             # a task labelled here but not on another rank is left out here too
             losses = {k: v for k, v in losses.items() if task_of_loss(k) in (*labelled, None)}
-            log_vars = self.balancer.train_step(self, losses, optim_wrapper, kind)
+            head_inputs, self.head_inputs = self.head_inputs, None
+            log_vars = self.balancer.train_step(self, losses, optim_wrapper, kind, head_inputs)
         log_vars.update(self.loss_log_vars(losses))
         return {k: v.detach() if isinstance(v, Tensor) else v for k, v in log_vars.items()}
 

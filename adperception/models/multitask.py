@@ -21,6 +21,28 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+def computed_apart(tensors: Sequence[Tensor]) -> bool:
+    """Whether none of ``tensors`` is computed from another: the autograd graph above each
+    holds none of the others' nodes (a conservative test: two outputs of one operation above
+    a third count as related). Then the gradient of a loss at each of them is a partial
+    derivative, and backpropagating those from all of them together counts every path once;
+    an FPN's outputs pass, a pixel decoder's mask features made from its encoder's levels
+    beside those levels do not."""
+    nodes = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    for i, node in enumerate(nodes):
+        others = set(nodes[:i] + nodes[i + 1 :]) - {node}
+        seen, stack = set(), [n for n, _ in node.next_functions]
+        while stack:
+            above = stack.pop()
+            if above is None or above in seen:
+                continue
+            if above in others:
+                return False
+            seen.add(above)
+            stack.extend(n for n, _ in above.next_functions)
+    return True
+
+
 def head_config(task: str, cfg: dict) -> dict:
     """``cfg`` over the task's ``default_head`` when it names no ``type`` (``heads=dict(
     lanes=dict(channels=64))`` is the default lane head, narrower)."""
@@ -52,7 +74,12 @@ class MultiTaskModel(MultiTaskBaseModel):
 
     ``loss`` returns ``loss_<task>`` for every task (a head's terms summed) and each term,
     detached, as ``<task>.<term>`` for the log; ``predict`` fills every ``pred_*`` field.
+    A head reads its group's neck outputs and nothing else of the network: in a training step
+    ``loss`` records them as ``head_inputs`` when none of them is computed from another
+    (``computed_apart``, tested once), for the balancer's amortised steps.
     """
+
+    _independent_head_inputs: bool | None = None  # decided at the first loss with gradients
 
     def __init__(
         self,
@@ -156,6 +183,11 @@ class MultiTaskModel(MultiTaskBaseModel):
         feats = self._necked(branches)
         losses = {f"{REGULARISER_PREFIX}{name}": v for name, v in regularisers.items()}
         labelled = self.labelled_tasks({"data_samples": data_samples})
+        if self.records_head_inputs and torch.is_grad_enabled():
+            if self._independent_head_inputs is None:
+                self._independent_head_inputs = all(map(computed_apart, feats.values()))
+            if self._independent_head_inputs:
+                self.head_inputs = {t: tuple(feats[self.task_groups[t]]) for t in labelled}
         for task, head in self.heads.items():
             if task not in labelled:
                 continue

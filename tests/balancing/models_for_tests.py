@@ -16,9 +16,17 @@ TASKS = ("a", "b", "c")
 
 
 class BranchedRegressor(MultiTaskBaseModel):
-    def __init__(self, balancer: dict | None = None, width: int = 8) -> None:
+    """With ``record_head_inputs`` its ``loss`` records what each head read
+    (``MultiTaskBaseModel.head_inputs``), and ``head_passes`` counts, per task, the backwards
+    through its head."""
+
+    def __init__(
+        self, balancer: dict | None = None, width: int = 8, record_head_inputs: bool = False
+    ) -> None:
         super().__init__()
         self.tasks = TASKS
+        self.record_head_inputs = record_head_inputs
+        self.head_passes = dict.fromkeys(TASKS, 0)
         self.trunk = nn.Linear(6, width)
         self.branch_ab = nn.Linear(width, width + 2)
         self.branch_c = nn.Linear(width, width + 2)
@@ -30,14 +38,27 @@ class BranchedRegressor(MultiTaskBaseModel):
             return self.loss(inputs, data_samples)
         return self.outputs(inputs)
 
-    def outputs(self, inputs: Tensor) -> dict[str, Tensor]:
+    def features(self, inputs: Tensor) -> dict[str, Tensor]:
+        """What each head reads."""
         shared = torch.tanh(self.trunk(inputs))
         ab = torch.tanh(self.branch_ab(shared))
         c = torch.tanh(self.branch_c(shared))
-        return {"a": self.heads["a"](ab), "b": self.heads["b"](ab), "c": self.heads["c"](c)}
+        return {"a": ab, "b": ab, "c": c}
+
+    def outputs(self, inputs: Tensor) -> dict[str, Tensor]:
+        return {t: self.heads[t](x) for t, x in self.features(inputs).items()}
+
+    def _count_head_pass(self, task: str, grad: Tensor) -> None:
+        self.head_passes[task] += 1
 
     def loss(self, inputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        outputs = self.outputs(inputs)
+        features = self.features(inputs)
+        if self.record_head_inputs and self.records_head_inputs:
+            self.head_inputs = {t: (x,) for t, x in features.items()}
+        outputs = {t: self.heads[t](x) for t, x in features.items()}
+        if torch.is_grad_enabled():
+            for task, output in outputs.items():
+                output.register_hook(lambda grad, task=task: self._count_head_pass(task, grad))
         return {
             f"loss_{t}": ((outputs[t].squeeze(-1) - targets[:, i]) ** 2).mean()
             for i, t in enumerate(self.tasks)

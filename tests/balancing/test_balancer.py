@@ -21,9 +21,11 @@ from adperception.engine.optim_wrapper import MTLAmpOptimWrapper, MTLOptimWrappe
 from tests.balancing.models_for_tests import TASKS, BranchedRegressor, batch, tie_tasks
 
 
-def make(balancer: dict | None, seed: int = 0) -> tuple[BranchedRegressor, OptimWrapper]:
+def make(
+    balancer: dict | None, seed: int = 0, record_head_inputs: bool = False
+) -> tuple[BranchedRegressor, OptimWrapper]:
     torch.manual_seed(seed)
-    model = BranchedRegressor(balancer)
+    model = BranchedRegressor(balancer, record_head_inputs=record_head_inputs)
     return model, MTLOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=1.0))
 
 
@@ -148,13 +150,19 @@ def imtl_g_by_definition(rows: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(system, rhs)
 
 
-def test_amortised_steps_reuse_each_groups_weights_on_its_shared_parameters_only() -> None:
+@pytest.mark.parametrize("record_head_inputs", [False, True])
+def test_amortised_steps_reuse_each_groups_weights_on_its_shared_parameters_only(
+    record_head_inputs: bool,
+) -> None:
     """Between surgery steps each sharing group's parameters get that group's own last weights
     on the new gradients, and the task-private heads their plain weighted gradient, exactly as
-    on a surgery step."""
+    on a surgery step; from the group backwards, or from the inputs the heads read."""
     weights = torch.tensor([1.0, 2.0, 0.5])
     weighting = dict(type="StaticWeighting", weights=dict(a=1.0, b=2.0, c=0.5))
-    model, optim_wrapper = make(dict(type="IMTLG", weighting=weighting, surgery_interval=3))
+    model, optim_wrapper = make(
+        dict(type="IMTLG", weighting=weighting, surgery_interval=3),
+        record_head_inputs=record_head_inputs,
+    )
     coefficients: dict[str, torch.Tensor] = {}
 
     def surgery(group, rows):
@@ -207,6 +215,31 @@ def test_an_amortised_step_takes_one_backward_per_group(monkeypatch: pytest.Monk
     assert model.balancer.plan(model) == "amortised"
     assert_updates(step_and_diff(model, optim_wrapper, data), expected)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize(("record_head_inputs", "passes"), [(False, [2, 2, 1]), (True, [1, 1, 1])])
+def test_an_amortised_step_from_the_head_inputs_passes_through_each_head_once(
+    record_head_inputs: bool, passes: list[int]
+) -> None:
+    """The group backwards of the re-weighted losses pass again through every head of their
+    group (a and b: in {a, b, c}'s and in {a, b}'s); from the recorded head inputs each head
+    is passed once, for the same update."""
+    model, optim_wrapper = make(
+        dict(type="IMTLG", surgery_interval=3), record_head_inputs=record_head_inputs
+    )
+    model.train_step(batch(5), optim_wrapper)
+    coefficients = {
+        g.name: model.balancer.coefficients_of(g.tasks) for g in model.balancer.layout(model).groups
+    }
+    data = batch(6)
+    expected = reference_update(
+        model, data, torch.ones(3), lambda group, rows: coefficients[group.name].to(rows) @ rows
+    )
+    model.head_passes = dict.fromkeys(TASKS, 0)
+    assert model.balancer.plan(model) == "amortised"
+    assert_updates(step_and_diff(model, optim_wrapper, data), expected)
+    assert list(model.head_passes.values()) == passes
+    assert model.head_inputs is None  # handed to the balancer and dropped
 
 
 def test_a_task_at_coefficient_zero_gets_its_heads_gradient_from_its_own_backward(
