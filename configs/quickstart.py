@@ -14,8 +14,9 @@ model = dict(
         drop_path_rate=0.0,
     ),
     # gradients measured (escalation decided) every 25 steps; once escalated, the remedy's
-    # per-group coefficients are recomputed every 8th step and reused in between (one backward
-    # per sharing group), so its steps cost 1.3x a plain one instead of ~2.4x (docs/benchmarks.md)
+    # per-group coefficients are recomputed every 8th step and reused in between (from the
+    # heads' inputs, each head traversed once), so its steps cost 1.2x a plain one instead of
+    # ~2.4x (docs/benchmarks.md)
     balancer=dict(measure_interval=25, surgery_interval=8),
     heads=dict(
         det=dict(
@@ -51,9 +52,10 @@ train_dataloader = dict(
 val_dataloader = dict(num_workers=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-# ~2.1 s per iteration on 2 cores, 1.3x that once escalated (at iteration 225 in the runs of
-# docs/benchmarks.md): about 21 minutes; 400 iterations fit 20 but cost every task
-max_iters = 500
+# 1.65-1.75 s per iteration on 2 cores, 1.2x that once escalated (at iteration 225 in the runs
+# of docs/benchmarks.md): 18.5 minutes. 600 rather than 500 iterations: det/mAP_50 18.3 against
+# 15.4, and every dense task better
+max_iters = 600
 # The detector at a quarter of the dense heads' rate (2.5e-4): in docs/benchmarks.md det/mAP_50
 # rises from 13.7 to 16.6 after 500 iterations, the dense tasks no worse.
 optim_wrapper = dict(
