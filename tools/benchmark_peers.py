@@ -19,7 +19,7 @@ Neither is a dependency of the package: the benchmark imports them only when ask
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,8 +55,14 @@ class _PeerBalancer(GradientBalancer):
         return "weighted"  # the step is the peer's own; nothing of ours to plan
 
     def train_step(
-        self, model: nn.Module, losses: dict[str, Tensor], optim_wrapper, kind: str
+        self,
+        model: nn.Module,
+        losses: dict[str, Tensor],
+        optim_wrapper,
+        kind: str,
+        head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
     ) -> dict[str, Tensor]:
+        """The peer's backward from the losses, as its library takes them (no head inputs)."""
         # the parameters more than one task reaches (every sharing group's), and the rest
         layout = self.layout(model)
         shared = [p for group in layout.groups for p in group.params]
