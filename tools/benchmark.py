@@ -104,18 +104,25 @@ def _synth_batch(batch: int, height: int, width: int) -> dict:
 
 def _build_trainable(config, balancer: dict | None = None, amp: str | None = None):
     """The model of ``config`` (a path or a ``Config``), initialised, in train mode, on the GPU
-    if there is one, with its optim wrapper (mixed precision in ``amp``'s dtype if given)."""
+    if there is one, with its optim wrapper (mixed precision in ``amp``'s dtype if given).
+
+    Python's, NumPy's and torch's random streams are seeded first (0): every benchmark run
+    starts from the same weights and draws the same augmentations and denoising queries, as a
+    measurement that is compared across runs must (unseeded, a test's profile run once drew
+    a step whose detector matched on non-finite costs)."""
     import copy
 
     import torch
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
+    from mmengine.runner import set_random_seed
 
     from adperception.engine import setup_runtime
     from adperception.engine.runner import enable_amp
     from adperception.registry import MODELS
 
     setup_runtime()
+    set_random_seed(0)
     cfg = copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(config)
     if balancer is not None:
         cfg.model.balancer = balancer
