@@ -19,12 +19,13 @@ Neither is a dependency of the package: the benchmark imports them only when ask
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from adperception.balancing.balancer import GradientBalancer
+from adperception.balancing.task_gradients import HeadInputs
 
 TORCHJD_AGGREGATORS = ("pcgrad", "upgrad", "imtlg")
 
@@ -60,7 +61,7 @@ class _PeerBalancer(GradientBalancer):
         losses: dict[str, Tensor],
         optim_wrapper,
         kind: str,
-        head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
+        head_inputs: HeadInputs | None = None,
     ) -> dict[str, Tensor]:
         """The peer's backward from the losses, as its library takes them (no head inputs)."""
         # the parameters more than one task reaches (every sharing group's), and the rest

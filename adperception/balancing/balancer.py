@@ -28,7 +28,7 @@ unchanged.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -39,7 +39,12 @@ from adperception.balancing import functional
 from adperception.balancing.distributed import all_reduce_mean_, world_size
 from adperception.balancing.layout import SharingLayout
 from adperception.balancing.stats import GradientStats, GroupGradients, update_sign
-from adperception.balancing.task_gradients import TaskGradients, amortised_gradients, loss_scaler
+from adperception.balancing.task_gradients import (
+    HeadInputs,
+    TaskGradients,
+    amortised_gradients,
+    loss_scaler,
+)
 from adperception.balancing.weighting import Weighting
 from adperception.registry import BALANCERS
 
@@ -241,7 +246,7 @@ class GradientBalancer(nn.Module):
         losses: dict[str, Tensor],
         optim_wrapper,
         kind: str,
-        head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
+        head_inputs: HeadInputs | None = None,
     ) -> dict[str, Tensor]:
         """Backward and optimizer step for the per-task ``losses['loss_<task>']``; returns the
         values to log. ``kind`` is what ``plan`` returned before the forward. ``head_inputs``
@@ -427,7 +432,7 @@ class GradientBalancer(nn.Module):
         regulariser: Tensor | None,
         optim_wrapper,
         kind: str,
-        head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
+        head_inputs: HeadInputs | None = None,
     ) -> None:
         layout = self.layout(model)
         scaler = loss_scaler(optim_wrapper)

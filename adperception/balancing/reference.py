@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from adperception.balancing import functional
 from adperception.balancing.balancer import GradientBalancer
+from adperception.balancing.task_gradients import HeadInputs
 from adperception.registry import BALANCERS
 
 
@@ -32,7 +33,7 @@ class PCGradReference(GradientBalancer):
         losses: dict[str, Tensor],
         optim_wrapper,
         kind: str,
-        head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
+        head_inputs: HeadInputs | None = None,
     ) -> dict[str, Tensor]:
         """Full backwards from the losses: ``head_inputs`` are not used."""
         task_losses = [losses[f"loss_{t}"] for t in self.tasks]  # each its own graph root

@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from adperception.balancing.distributed import all_reduce_mean_
 from adperception.balancing.layout import SharingGroup, SharingLayout
 
+#: Per task, the tensors its head read in the step's forward (``MultiTaskBaseModel.head_inputs``).
+HeadInputs = Mapping[str, Sequence[Tensor]]
+
 
 def loss_scaler(optim_wrapper) -> torch.amp.GradScaler | None:
     scaler = getattr(optim_wrapper, "loss_scaler", None)
@@ -182,7 +185,7 @@ def _through_head_inputs(
     tasks: tuple[str, ...],
     layout: SharingLayout,
     coefficients: dict[str, Tensor],
-    head_inputs: Mapping[str, Sequence[Tensor]],
+    head_inputs: HeadInputs,
 ) -> dict[nn.Parameter, Tensor]:
     """The amortised gradients, each head traversed once.
 
@@ -202,10 +205,7 @@ def _through_head_inputs(
         found = torch.autograd.grad(
             scaled[i], private + inputs, retain_graph=True, allow_unused=True
         )
-        grads.update(
-            (p, torch.zeros_like(p) if g is None else g)
-            for p, g in zip(private, found[: len(private)], strict=True)
-        )
+        grads.update(zip(private, _or_zeros(private, found[: len(private)]), strict=True))
         for group in layout.groups:
             if task not in group.tasks:
                 continue
@@ -227,11 +227,13 @@ def _through_head_inputs(
             if entries
             else [None] * len(group.params)
         )
-        grads.update(
-            (p, torch.zeros_like(p) if g is None else g)
-            for p, g in zip(group.params, found, strict=True)
-        )
+        grads.update(zip(group.params, _or_zeros(group.params, found), strict=True))
     return grads
+
+
+def _or_zeros(params: Sequence[nn.Parameter], found: Sequence[Tensor | None]) -> list[Tensor]:
+    """``torch.autograd.grad(..., allow_unused=True)``'s gradients, zeros where it found none."""
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, found, strict=True)]
 
 
 def _group_backward(
@@ -246,7 +248,7 @@ def _group_backward(
     params = (*group.params, *extra)
     loss = sum(float(a[k]) * scaled[tasks.index(task)] for k, task in enumerate(group.tasks))
     found = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, found, strict=True)]
+    return _or_zeros(params, found)
 
 
 #: A task's private parameters ride on a group's backward when its coefficient there is at
@@ -288,7 +290,7 @@ def amortised_gradients(
     layout: SharingLayout,
     coefficients: dict[str, Tensor],
     bucket_numel: int,
-    head_inputs: Mapping[str, Sequence[Tensor]] | None = None,
+    head_inputs: HeadInputs | None = None,
 ) -> dict[nn.Parameter, Tensor]:
     """The gradients of a step between surgery steps, rank-averaged.
 
@@ -323,9 +325,6 @@ def amortised_gradients(
     if private:
         loss = sum(scaled[tasks.index(task)] for task in alone)
         found = torch.autograd.grad(loss, private, retain_graph=True, allow_unused=True)
-        grads.update(
-            (p, torch.zeros_like(p) if g is None else g)
-            for p, g in zip(private, found, strict=True)
-        )
+        grads.update(zip(private, _or_zeros(private, found), strict=True))
     all_reduce_mean_(list(grads.values()), bucket_numel)
     return grads

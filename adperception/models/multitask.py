@@ -133,8 +133,9 @@ class MultiTaskModel(MultiTaskBaseModel):
         counts = {f"backbone.{k}": v for k, v in self.backbone.trainable_parameter_counts().items()}
         counts.update({f"neck.{g}": _count(m) for g, m in self.necks.items()})
         counts.update({f"head.{t}": _count(m) for t, m in self.heads.items()})
-        if _count(self.balancer):
-            counts["balancer"] = _count(self.balancer)
+        balancer = _count(self.balancer)
+        if balancer:
+            counts["balancer"] = balancer
         return counts
 
     def _report_parameters(self) -> None:
