@@ -42,7 +42,7 @@ model = dict(
                 ),
                 train_cfg=dict(
                     assigner=dict(
-                        type="HungarianAssigner",
+                        type="FiniteHungarianAssigner",
                         match_costs=[
                             dict(type="ClassificationCost", weight=1.0),
                             dict(type="BBoxL1Cost", weight=5.0, box_format="xywh"),

@@ -140,6 +140,24 @@ def test_a_non_finite_task_loss_skips_the_step_and_repeated_ones_stop_training(
     assert not all(torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
+def test_a_diverged_detector_skips_the_step_instead_of_ending_the_run(batch: dict) -> None:
+    """NaN features reach DINO's Hungarian matching before any loss exists: the step is
+    skipped like any non-finite loss's, where mmdet's assigner raised in scipy."""
+    torch.manual_seed(0)
+    model = build("configs/quickstart.py")
+    wrapper = build_optim_wrapper(
+        model, dict(type="MTLOptimWrapper", optimizer=dict(type="SGD", lr=0.1))
+    )
+    det_loss = model.heads["det"].loss
+    model.heads["det"].loss = lambda feats, samples: det_loss(
+        [feat * torch.nan for feat in feats], samples
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    log = model.train_step(batch, wrapper)
+    assert "loss_det" not in log and log["nonfinite.det"] == 1
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
 def test_a_head_without_a_type_is_its_tasks_default() -> None:
     """A config names a task and what it changes; the rest is the task's default head."""
     setup_runtime()

@@ -5,6 +5,7 @@ from adperception.models.heads.depth import DepthHead, DepthHeadBase
 from adperception.models.heads.detection import DetectionHead
 from adperception.models.heads.hybrid_dino import HybridDINO
 from adperception.models.heads.mask_classification import MaskClassificationHead
+from adperception.models.heads.matching import FiniteHungarianAssigner
 from adperception.models.heads.memory_dino import MemoryDINO
 from adperception.models.heads.normals import NormalsHead, NormalsHeadBase
 from adperception.models.heads.query_dense import AdaptiveBinsDepthHead, QueryNormalsHead
@@ -15,6 +16,7 @@ __all__ = [
     "DepthHead",
     "DepthHeadBase",
     "DetectionHead",
+    "FiniteHungarianAssigner",
     "HybridDINO",
     "MaskClassificationHead",
     "MemoryDINO",

@@ -54,7 +54,7 @@ model = dict(
                 ),
                 train_cfg=dict(
                     assigner=dict(
-                        type="HungarianAssigner",
+                        type="FiniteHungarianAssigner",
                         match_costs=[
                             dict(type="FocalLossCost", weight=2.0),
                             dict(type="BBoxL1Cost", weight=5.0, box_format="xywh"),
