@@ -26,7 +26,8 @@ class _FiniteTotalCost:
         self.costs = costs
 
     def __call__(self, **kwargs) -> Tensor:
-        total = sum(cost(**kwargs) for cost in self.costs)
+        # summed as mmdet sums them, so that finite costs give its assignment bit for bit
+        total = torch.stack([cost(**kwargs) for cost in self.costs]).sum(dim=0)
         finite = torch.isfinite(total)
         if finite.all():
             return total
