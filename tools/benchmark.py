@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import datetime
+import inspect
 import json
 import math
 import platform
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adperception.data.synth import generate_sample
@@ -679,22 +680,36 @@ def inference_markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _command(sub, name: str, run: Callable) -> argparse.ArgumentParser:
+    """A subcommand described by its function's docstring: the first paragraph in the command
+    list, the whole in its own ``--help``. argparse %-formats help strings, so the docstrings'
+    percent signs are escaped there (a bare one made ``--help`` raise)."""
+    doc = inspect.cleandoc(run.__doc__ or "")
+    summary = " ".join(doc.split("\n\n")[0].split())
+    return sub.add_parser(
+        name,
+        help=summary.replace("%", "%%"),
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    synth = sub.add_parser("synth", help=bench_synth.__doc__)
+    synth = _command(sub, "synth", bench_synth)
     synth.add_argument("--num", type=int, default=40)
     synth.add_argument("--height", type=int, default=256)
     synth.add_argument("--width", type=int, default=512)
     synth.add_argument("--seed", type=int, default=0)
-    train = sub.add_parser("train", help=bench_train.__doc__)
+    train = _command(sub, "train", bench_train)
     train.add_argument("--config", default="configs/ad_mtl.py")
     train.add_argument("--height", type=int, default=512)
     train.add_argument("--width", type=int, default=1024)
     train.add_argument("--batch", type=int, default=1)
     train.add_argument("--iters", type=int, default=3, help="timed steps after the warm-up")
     train.add_argument("--amp", choices=["bfloat16", "float16"], help="mixed precision (CUDA)")
-    balancers = sub.add_parser("balancers", help=bench_balancers.__doc__)
+    balancers = _command(sub, "balancers", bench_balancers)
     balancers.add_argument("--config", default="configs/quickstart.py")
     balancers.add_argument("--batch", type=int, default=2)
     balancers.add_argument("--iters", type=int, default=8, help="timed steps per method")
@@ -707,7 +722,7 @@ def main() -> int:
         metavar="PEER",
         help="also TorchJD's and LibMTL's (pip install .[peers]): these, or all when none named",
     )
-    inference = sub.add_parser("inference", help=bench_inference.__doc__)
+    inference = _command(sub, "inference", bench_inference)
     inference.add_argument(
         "--sizes", nargs="+", choices=list(INFERENCE_SIZES), default=list(INFERENCE_SIZES)
     )
@@ -720,7 +735,7 @@ def main() -> int:
         "--configs", nargs="+", default=[], metavar="SIZE=CONFIG", help="another 4-task network"
     )
     inference.add_argument("--markdown", type=Path, help="also write the table to this file")
-    architectures = sub.add_parser("architectures", help=bench_architectures.__doc__)
+    architectures = _command(sub, "architectures", bench_architectures)
     architectures.add_argument(
         "--configs",
         nargs="+",
@@ -732,7 +747,7 @@ def main() -> int:
     architectures.add_argument("--iters", type=int, default=5, help="timed steps and forwards")
     architectures.add_argument("--height", type=int, default=128, help="without crop_size")
     architectures.add_argument("--width", type=int, default=256, help="without crop_size")
-    one = sub.add_parser("inference-one", help=bench_inference_one.__doc__)
+    one = _command(sub, "inference-one", bench_inference_one)
     one.add_argument("--config", required=True)
     one.add_argument("--task", help="keep this head only (derived single-task)")
     one.add_argument("--height", type=int, required=True)
@@ -741,9 +756,10 @@ def main() -> int:
     one.add_argument("--variant", choices=VARIANTS, default="fp32")
     one.add_argument("--iters", type=int, default=10)
     one.add_argument("--warmup", type=int, default=1)
-    from benchmark_profile import add_parser, bench_profile
+    from benchmark_profile import add_arguments, bench_profile
 
-    profile = add_parser(sub)
+    profile = _command(sub, "profile", bench_profile)
+    add_arguments(profile)
     for p in (synth, train, balancers, architectures, inference, one, profile):
         p.add_argument("--json", type=Path, help="also write the record to this file")
     args = parser.parse_args()

@@ -278,11 +278,10 @@ def bench_profile(args: argparse.Namespace) -> dict:
     return record
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    profile = sub.add_parser("profile", help=bench_profile.__doc__)
+def add_arguments(profile: argparse.ArgumentParser) -> None:
+    """The ``profile`` subcommand's options."""
     profile.add_argument("--config", default="configs/quickstart.py")
     profile.add_argument("--batch", type=int, help="default: the config's train batch size")
     profile.add_argument("--iters", type=int, default=5, help="measured batches")
     profile.add_argument("--data-root", help="another copy of the config's training data")
     profile.add_argument("--top", type=int, default=15, help="operators listed")
-    return profile
