@@ -52,9 +52,9 @@ train_dataloader = dict(
 val_dataloader = dict(num_workers=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-# 1.65-1.75 s per iteration on 2 cores, 1.2x that once escalated (at iteration 225 in the runs
-# of docs/benchmarks.md): 18.5 minutes. 600 rather than 500 iterations: det/mAP_50 18.3 against
-# 15.4, and every dense task better
+# 1.65-1.75 s per plain iteration on 2 cores; escalated from iteration 50 (equal norms, then
+# PCGrad on them), 1.15-1.6x that: 24-26 minutes (docs/benchmarks.md). 600 rather than 500
+# iterations: det/mAP_50 18.3 against 15.4 under the earlier escalation, every dense task better
 max_iters = 600
 # The detector at a quarter of the dense heads' rate (2.5e-4): in docs/benchmarks.md det/mAP_50
 # rises from 13.7 to 16.6 after 500 iterations, the dense tasks no worse.

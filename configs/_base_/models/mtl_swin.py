@@ -21,20 +21,21 @@ model = dict(
     ),
     neck=dict(type="mmdet.FPN", out_channels=256, num_outs=4),
     # FAMO's loss weighting; every 50 steps the task gradients are measured on the shared
-    # parameters. Once the moving average (momentum 0.8) of the worst sharing group's conflict
-    # strength (mean cosine magnitude of conflicting pairs) stays above 0.1 for 5 measurements,
-    # PCGrad takes over; once its gradient norms stay more than 10x apart (log10 ratio above 1),
-    # the norms are equalised; both: both (docs/design.md §5). FAMO rather than uncertainty
-    # weighting: better on every dense task of the quickstart and in the Δm sweep
-    # (docs/experiments/synthdrive_findings.md §4).
+    # parameters. Once the moving average (momentum 0.5) of the worst sharing group's conflict
+    # strength (mean cosine magnitude of conflicting pairs) stays above 0.1 for 2 measurements,
+    # PCGrad takes over; once its gradient norms stay more than 5x apart (log10 ratio above
+    # 0.7), the norms are equalised; both: both (docs/design.md §5). FAMO rather than
+    # uncertainty weighting, and these thresholds rather than a tenfold ratio over 5
+    # measurements at momentum 0.8: Δm on SynthDrive (docs/experiments/synthdrive_findings.md
+    # §4, §8).
     balancer=dict(
         type="Escalation",
         weighting=dict(type="FAMO"),
         measure_interval=50,  # the diagnostics hook logs these measurements
         conflict_threshold=0.1,
-        imbalance_threshold=1.0,
-        momentum=0.8,
-        patience=5,
+        imbalance_threshold=0.7,
+        momentum=0.5,
+        patience=2,
     ),
     heads=dict(
         seg=dict(type="SegmentationHead", in_channels=256, channels=128, num_classes=19),
