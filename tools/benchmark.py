@@ -681,17 +681,19 @@ def inference_markdown(records: list[dict]) -> str:
 
 
 def _command(sub, name: str, run: Callable) -> argparse.ArgumentParser:
-    """A subcommand described by its function's docstring: the first paragraph in the command
-    list, the whole in its own ``--help``. argparse %-formats help strings, so the docstrings'
-    percent signs are escaped there (a bare one made ``--help`` raise)."""
+    """The subcommand that runs ``run``, described by its docstring: the first paragraph in the
+    command list, the whole in its own ``--help``. argparse %-formats help strings, so the
+    docstrings' percent signs are escaped there (a bare one made ``--help`` raise)."""
     doc = inspect.cleandoc(run.__doc__ or "")
     summary = " ".join(doc.split("\n\n")[0].split())
-    return sub.add_parser(
+    parser = sub.add_parser(
         name,
         help=summary.replace("%", "%%"),
         description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(run=run)
+    return parser
 
 
 def main() -> int:
@@ -763,16 +765,7 @@ def main() -> int:
     for p in (synth, train, balancers, architectures, inference, one, profile):
         p.add_argument("--json", type=Path, help="also write the record to this file")
     args = parser.parse_args()
-    commands = {
-        "synth": bench_synth,
-        "train": bench_train,
-        "balancers": bench_balancers,
-        "architectures": bench_architectures,
-        "inference": bench_inference,
-        "inference-one": bench_inference_one,
-        "profile": bench_profile,
-    }
-    record = commands[args.command](args)
+    record = args.run(args)
     text = json.dumps(record, indent=2)
     print(text)
     if args.json:
