@@ -1,5 +1,6 @@
 """Draw the newest training run's logs under a work dir as PNGs: per-task losses and weights, and
-the gradient diagnostics (norms, cosines, conflict and sign-flip rates) when they were logged.
+the gradient diagnostics (norms, cosines, conflict and sign-flip rates) when they were logged, and
+the escalation's signals against its thresholds, its switches marked on every picture over time.
 
     python tools/analyze_logs.py work_dirs/ad_mtl --out-dir plots/ad_mtl
 

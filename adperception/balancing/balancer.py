@@ -568,6 +568,11 @@ class GradientBalancer(nn.Module):
     def _after_measurement(self, stats: GradientStats) -> None:
         """Subclasses react to what a per-task step measured (the escalation does)."""
 
+    def measurement_scalars(self) -> dict[str, float]:
+        """What the balancer made of its latest measurement, for ``GradientDiagnosticsHook`` to
+        log beside it as ``diag/<key>``: the escalation's signals and switches; none here."""
+        return {}
+
 
 def build_balancer(cfg: dict | None, tasks: Sequence[str]) -> GradientBalancer:
     """``model.balancer`` → a balancer; a weighting type alone means no aggregator."""

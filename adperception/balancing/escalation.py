@@ -159,6 +159,20 @@ class Escalation(GradientBalancer):
             return "pcgrad"
         return "equal_norm" if imbalance else None
 
+    def measurement_scalars(self) -> dict[str, float]:
+        """Per symptom (``conflict``, ``imbalance``): the worst group's value at the latest
+        measurement, its moving average, the threshold that average is held to, and whether
+        the remedy is on (1.0): the escalation's decision, drawn by ``tools/analyze_logs.py``."""
+        if int(self.measurements) == 0:
+            return {}
+        scalars = {}
+        for name, symptom in (("conflict", self.conflict), ("imbalance", self.imbalance)):
+            scalars[f"escalation/{name}"] = float(symptom.recent[-1])
+            scalars[f"escalation/{name}_average"] = float(symptom.ema)
+            scalars[f"escalation/{name}_threshold"] = float(symptom.threshold)
+            scalars[f"escalation/{name}_on"] = float(symptom.switched)
+        return scalars
+
     def _after_measurement(self, stats: GradientStats) -> None:
         if not self.measures_at(stats.iter):
             return  # a surgery step's record between measurements

@@ -36,6 +36,8 @@ class GradientDiagnosticsHook(Hook):
       previous measurement (from the second measurement of a process on);
     - ``diag/<group>/agg_weight/<task>`` when the aggregator reported its weights;
     - ``diag/loss_ratio/<task>``: L(t) / L(0), and ``diag/weight/<task>``: the loss weight.
+    - what the balancer made of the measurement (``measurement_scalars``): the escalation's
+      ``diag/escalation/<symptom>`` value, ``_average``, ``_threshold`` and ``_on``.
 
     L(t) is the mean of ``loss_<task>`` over the iterations since the previous measurement, up to
     and including t; L(0) is that mean at the first measurement, i.e. over the first window of
@@ -101,6 +103,7 @@ class GradientDiagnosticsHook(Hook):
         ratios = self._close_window()
         scalars.update({f"diag/loss_ratio/{t}": r for t, r in ratios.items()})
         scalars.update({f"diag/weight/{t}": float(w) for t, w in stats.loss_weights.items()})
+        scalars.update({f"diag/{k}": v for k, v in model.balancer.measurement_scalars().items()})
         runner.visualizer.add_scalars(scalars, step=runner.iter + 1)
         summary.append("loss ratio " + " ".join(f"{t} {r:.3f}" for t, r in ratios.items()))
         runner.logger.info(f"gradient diagnostics at iter {runner.iter + 1}: " + "; ".join(summary))

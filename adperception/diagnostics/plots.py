@@ -93,19 +93,52 @@ def diagnostic_groups(scalars: dict[str, Series]) -> list[str]:
     ]
 
 
+#: The escalation's symptoms as ``Escalation.measurement_scalars`` names them, with their
+#: remedies and what each signal measures.
+SYMPTOMS = {
+    "conflict": ("PCGrad", "conflict strength: mean max(0, -cos) over task pairs"),
+    "imbalance": ("equal gradient norms", "norm imbalance: log10(max / min gradient norm)"),
+}
+
+
+@dataclass(frozen=True)
+class Switch:
+    """An escalation remedy switched on at ``step`` (the iteration its log line names)."""
+
+    step: int
+    symptom: str
+    remedy: str
+
+
+def escalation_switches(scalars: dict[str, Series]) -> list[Switch]:
+    """The first measurement of each symptom whose ``diag/escalation/<symptom>_on`` is 1, in
+    the order they happened; none when the run did not escalate or did not log it."""
+    switches = []
+    for symptom, (remedy, _) in SYMPTOMS.items():
+        series = scalars.get(f"diag/escalation/{symptom}_on")
+        if series is not None:
+            on = [step for step, value in zip(series.steps, series.values, strict=True) if value]
+            if on:
+                switches.append(Switch(on[0], symptom, remedy))
+    return sorted(switches, key=lambda switch: switch.step)
+
+
 def write_plots(scalars: dict[str, Series], out_dir: str | Path) -> tuple[list[Path], list[str]]:
-    """Draws ``losses.png``, ``weights.png``, ``grad_norms.png``, ``cosine.png`` and
-    ``conflict.png`` into ``out_dir``; returns the files written and why any were not."""
+    """Draws ``losses.png``, ``weights.png``, ``grad_norms.png``, ``cosine.png``,
+    ``conflict.png`` and, for the escalation, ``escalation.png`` into ``out_dir``, with the
+    escalation's switches marked on every picture over iterations; returns the files written
+    and why any were not."""
     losses = with_prefix(scalars, "loss_")
     if not losses:
         raise ValueError("no per-task losses (loss_<task>) in the log")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = {task: f"C{i}" for i, task in enumerate(losses)}
-    written, skipped = [_plot_losses(losses, colors, out_dir / "losses.png")], []
+    switches = escalation_switches(scalars)
+    written, skipped = [_plot_losses(losses, colors, switches, out_dir / "losses.png")], []
     weights = with_prefix(scalars, "weight_") or with_prefix(scalars, "diag/weight/")
     if weights:
-        written.append(_plot_weights(weights, colors, out_dir / "weights.png"))
+        written.append(_plot_weights(weights, colors, switches, out_dir / "weights.png"))
     else:
         skipped.append("weights.png: no task weights (weight_<task> or diag/weight/<task>)")
     groups = diagnostic_groups(scalars)
@@ -115,9 +148,11 @@ def write_plots(scalars: dict[str, Series], out_dir: str | Path) -> tuple[list[P
             "(add GradientDiagnosticsHook to custom_hooks)"
         )
         return written, skipped
-    written.append(_plot_grad_norms(scalars, groups, colors, out_dir / "grad_norms.png"))
+    written.append(_plot_grad_norms(scalars, groups, colors, switches, out_dir / "grad_norms.png"))
     written.append(_plot_cosine(scalars, groups, out_dir / "cosine.png"))
-    written.append(_plot_conflict(scalars, groups, out_dir / "conflict.png"))
+    written.append(_plot_conflict(scalars, groups, switches, out_dir / "conflict.png"))
+    if any(f"diag/escalation/{symptom}" in scalars for symptom in SYMPTOMS):
+        written.append(_plot_escalation(scalars, switches, out_dir / "escalation.png"))
     return written, skipped
 
 
@@ -128,25 +163,47 @@ def _lines(
         ax.plot(s.steps, s.values, color=colors.get(name), label=name + suffix, **style)
 
 
+def _mark_switches(ax: Axes, switches: Sequence[Switch]) -> None:
+    """A dotted vertical line at each escalation switch, labelled with its remedy."""
+    for number, switch in enumerate(switches):
+        ax.axvline(switch.step, color="0.3", linestyle=":", linewidth=1.2)
+        ax.annotate(
+            f"{switch.remedy} from {switch.step}",
+            xy=(switch.step, 1 - 0.07 * number),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            fontsize="x-small",
+            color="0.3",
+            va="top",
+        )
+
+
 def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     return path
 
 
-def _plot_losses(losses: dict[str, Series], colors: dict[str, str], path: Path) -> Path:
+def _plot_losses(
+    losses: dict[str, Series], colors: dict[str, str], switches: list[Switch], path: Path
+) -> Path:
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     _lines(ax, losses, colors)
+    _mark_switches(ax, switches)
     ax.set(yscale="log", xlabel="iteration", ylabel="loss (log)", title="per-task training loss")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return _save(fig, path)
 
 
-def _plot_weights(weights: dict[str, Series], colors: dict[str, str], path: Path) -> Path:
+def _plot_weights(
+    weights: dict[str, Series], colors: dict[str, str], switches: list[Switch], path: Path
+) -> Path:
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     _lines(ax, weights, colors)
+    _mark_switches(ax, switches)
     ax.set(xlabel="iteration", ylabel="loss weight", title="task loss weights")
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -154,7 +211,11 @@ def _plot_weights(weights: dict[str, Series], colors: dict[str, str], path: Path
 
 
 def _plot_grad_norms(
-    scalars: dict[str, Series], groups: list[str], colors: dict[str, str], path: Path
+    scalars: dict[str, Series],
+    groups: list[str],
+    colors: dict[str, str],
+    switches: list[Switch],
+    path: Path,
 ) -> Path:
     fig = Figure(figsize=(5 * len(groups) + 1, 4.5), layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False, sharex=True)[0]
@@ -162,6 +223,7 @@ def _plot_grad_norms(
         _lines(ax, with_prefix(scalars, f"diag/{group}/grad_norm/"), colors, marker=".")
         weighted = with_prefix(scalars, f"diag/{group}/weighted_grad_norm/")
         _lines(ax, weighted, colors, " (weighted)", linestyle="--", alpha=0.7)
+        _mark_switches(ax, switches)
         ax.set(yscale="log", xlabel="iteration", title=group)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
@@ -204,7 +266,9 @@ def _plot_cosine(scalars: dict[str, Series], groups: list[str], path: Path) -> P
     return _save(fig, path)
 
 
-def _plot_conflict(scalars: dict[str, Series], groups: list[str], path: Path) -> Path:
+def _plot_conflict(
+    scalars: dict[str, Series], groups: list[str], switches: list[Switch], path: Path
+) -> Path:
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     colors = {group: f"C{i}" for i, group in enumerate(groups)}
@@ -214,10 +278,34 @@ def _plot_conflict(scalars: dict[str, Series], groups: list[str], path: Path) ->
     ):
         series = {g: scalars[key] for g in groups if (key := f"diag/{g}/{metric}") in scalars}
         _lines(ax, series, colors, marker=".")
+        _mark_switches(ax, switches)
         ax.set(xlabel="iteration", title=title, ylim=(-0.03, 1.03))
         ax.grid(True, alpha=0.3)
         if series:
             ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _plot_escalation(scalars: dict[str, Series], switches: list[Switch], path: Path) -> Path:
+    """Per symptom: the worst group's measured value, its moving average and the threshold
+    the average must stay above (for the patience) to switch the remedy on."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    axes = fig.subplots(1, len(SYMPTOMS), sharex=True, squeeze=False)[0]
+    for ax, (symptom, (remedy, measures)) in zip(axes, SYMPTOMS.items(), strict=True):
+        key = f"diag/escalation/{symptom}"
+        if key in scalars:
+            ax.plot(scalars[key].steps, scalars[key].values, ".", color="C0", label="measured")
+        if key + "_average" in scalars:
+            average = scalars[key + "_average"]
+            ax.plot(average.steps, average.values, color="C1", label="moving average")
+        if key + "_threshold" in scalars:
+            threshold = scalars[key + "_threshold"].values[-1]
+            ax.axhline(threshold, color="C3", linestyle="--", label=f"threshold {threshold:g}")
+        _mark_switches(ax, [s for s in switches if s.symptom == symptom])
+        ax.set(xlabel="iteration", title=f"{measures}\n→ {remedy}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", loc="center right")
+    fig.suptitle("escalation: the worst sharing group's signals")
     return _save(fig, path)
 
 

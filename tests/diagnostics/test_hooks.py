@@ -21,7 +21,13 @@ from torch import nn
 
 from adperception.balancing.stats import GradientStats, GroupGradients
 from adperception.diagnostics import GradientDiagnosticsHook
-from adperception.diagnostics.plots import find_scalars, read_scalars, write_plots
+from adperception.diagnostics.plots import (
+    Switch,
+    escalation_switches,
+    find_scalars,
+    read_scalars,
+    write_plots,
+)
 from adperception.engine import MTLRunner, install_checkpoint_allowlist
 from adperception.registry import HOOKS
 from tests.balancing.models_for_tests import TASKS, BranchedRegressor
@@ -38,9 +44,13 @@ class Balancer:
     def __init__(self, measure_interval: int | None) -> None:
         self.measure_interval = measure_interval
         self.stats: GradientStats | None = None
+        self.decisions: dict[str, float] = {}
 
     def measures_at(self, step: int) -> bool:
         return (step + 1) % self.measure_interval == 0
+
+    def measurement_scalars(self) -> dict[str, float]:
+        return dict(self.decisions)
 
 
 class Model(nn.Module):
@@ -229,6 +239,16 @@ def test_logged_values(tmp_path: Path) -> None:
     assert "loss ratio det 0.500 seg 1.000 depth 1.000" in info[1]
 
 
+def test_what_the_balancer_made_of_a_measurement_is_logged_beside_it(tmp_path: Path) -> None:
+    hook, runner = GradientDiagnosticsHook(), make_runner(tmp_path)
+    runner.model.balancer.decisions = {"escalation/imbalance": 0.8, "escalation/imbalance_on": 1.0}
+    for iteration, losses in enumerate(LOSSES[:2]):
+        run_iter(hook, runner, iteration, losses, two_measurements)
+    scalars = logged(tmp_path)[2]
+    assert scalars["diag/escalation/imbalance"] == 0.8
+    assert scalars["diag/escalation/imbalance_on"] == 1.0
+
+
 def test_non_finite_and_missing_losses_stay_out_of_the_window(tmp_path: Path) -> None:
     hook, runner = GradientDiagnosticsHook(), make_runner(tmp_path, ("det", "seg"))
     for iteration, losses in enumerate(
@@ -337,9 +357,14 @@ class Regressions(torch.utils.data.Dataset):
         return dict(inputs=self.x[idx], data_samples=self.y[idx])
 
 
-def train(work_dir: Path, max_iters: int, load_from: str | None = None) -> list[dict]:
+def train(
+    work_dir: Path,
+    max_iters: int,
+    load_from: str | None = None,
+    balancer: dict | None = None,
+) -> list[dict]:
     runner = MTLRunner(
-        model=BranchedRegressor(dict(type="EqualWeighting", measure_interval=2)),
+        model=BranchedRegressor(balancer or dict(type="EqualWeighting", measure_interval=2)),
         work_dir=str(work_dir),
         experiment_name=f"diag_{uuid.uuid4().hex}",
         train_dataloader=dict(
@@ -401,3 +426,45 @@ def test_what_it_logs_is_what_analyze_logs_draws(resumed_run: tuple[Path, list[d
     written, skipped = write_plots(read_scalars(find_scalars(work_dir)), work_dir / "plots")
     names = ["losses.png", "weights.png", "grad_norms.png", "cosine.png", "conflict.png"]
     assert [p.name for p in written] == names and skipped == []
+
+
+def test_the_escalations_decision_is_logged_and_drawn(tmp_path: Path) -> None:
+    """The escalation's signals as logged agree with the gradient norms logged beside them, its
+    moving average with its definition, and its switch with its log line and the picture."""
+    install_checkpoint_allowlist()
+    momentum, threshold, patience = 0.5, 0.05, 2
+    balancer = dict(
+        type="Escalation",
+        weighting=dict(type="EqualWeighting"),
+        measure_interval=2,
+        imbalance_threshold=threshold,
+        conflict_threshold=1.0,  # a strength never exceeds 1: conflict never switches
+        momentum=momentum,
+        patience=patience,
+    )
+    lines = train(tmp_path, max_iters=12, balancer=balancer)
+    diag = {r["step"]: r for r in lines if "diag/escalation/imbalance" in r}
+    assert sorted(diag) == [2, 4, 6, 8, 10, 12]
+    average, above, switch = 0.0, 0, None
+    for step, record in diag.items():
+        norms: dict[str, list[float]] = {}  # the weighted gradient norms of each group
+        for key, value in record.items():
+            if "/weighted_grad_norm/" in key:
+                norms.setdefault(key.rsplit("/", 2)[0], []).append(value)
+        worst = max(math.log10(max(n) / min(n)) for n in norms.values())
+        assert record["diag/escalation/imbalance"] == pytest.approx(worst, rel=1e-6)
+        average = momentum * average + (1 - momentum) * worst  # from 0
+        assert record["diag/escalation/imbalance_average"] == pytest.approx(average, rel=1e-6)
+        assert record["diag/escalation/imbalance_threshold"] == threshold
+        above = above + 1 if average > threshold else 0
+        if switch is None and above >= patience:
+            switch = step
+        assert record["diag/escalation/imbalance_on"] == float(switch is not None)
+        assert record["diag/escalation/conflict_on"] == 0.0
+    assert switch is not None and switch < 12  # the run switched while it was logged
+    (log,) = tmp_path.glob("*/*.log")
+    assert f"balancer escalates at iteration {switch}: imbalance" in log.read_text()
+    scalars = read_scalars(find_scalars(tmp_path))
+    assert escalation_switches(scalars) == [Switch(switch, "imbalance", "equal gradient norms")]
+    written, _ = write_plots(scalars, tmp_path / "plots")
+    assert "escalation.png" in [p.name for p in written]

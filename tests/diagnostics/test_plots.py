@@ -12,7 +12,10 @@ import pytest
 from matplotlib.image import imread
 
 from adperception.diagnostics.plots import (
+    Series,
+    Switch,
     diagnostic_groups,
+    escalation_switches,
     find_scalars,
     read_scalars,
     with_prefix,
@@ -147,6 +150,57 @@ def test_weights_fall_back_to_the_diagnostics(tmp_path: Path) -> None:
     path = write_log(tmp_path / "20250101_000000", [*lines, diag_line(20)])
     written, skipped = write_plots(read_scalars(path), tmp_path / "plots")
     assert [p.name for p in written] == PICTURES and skipped == []
+
+
+def escalation_line(step: int) -> dict:
+    """The escalation's signals beside a diagnostics line: imbalance crosses its threshold
+    0.7 from step 60 and its remedy is on from 80; conflict stays below 0.1."""
+    imbalance = 0.5 + step / 200
+    return {
+        "diag/escalation/conflict": 0.02,
+        "diag/escalation/conflict_average": 0.02,
+        "diag/escalation/conflict_threshold": 0.1,
+        "diag/escalation/conflict_on": 0.0,
+        "diag/escalation/imbalance": imbalance,
+        "diag/escalation/imbalance_average": imbalance - 0.05,
+        "diag/escalation/imbalance_threshold": 0.7,
+        "diag/escalation/imbalance_on": float(step >= 80),
+        "step": step,
+    }
+
+
+def test_the_switches_are_the_first_measurements_with_the_remedy_on() -> None:
+    on = {
+        "diag/escalation/imbalance_on": Series([25, 50, 75, 100], [0.0, 0.0, 1.0, 1.0]),
+        "diag/escalation/conflict_on": Series([25, 50, 75, 100], [0.0, 0.0, 0.0, 1.0]),
+    }
+    assert escalation_switches(on) == [
+        Switch(75, "imbalance", "equal gradient norms"),
+        Switch(100, "conflict", "PCGrad"),
+    ]
+    never = {"diag/escalation/conflict_on": Series([25, 50], [0.0, 0.0])}
+    assert escalation_switches(never) == []
+    assert escalation_switches({}) == []
+
+
+def test_an_escalation_is_drawn_and_marked(tmp_path: Path) -> None:
+    lines = full_log()
+    lines += [escalation_line(step) for step in range(20, 201, 20)]
+    path = write_log(tmp_path / "20250101_000000", lines)
+    scalars = read_scalars(path)
+    written, skipped = write_plots(scalars, tmp_path / "plots")
+    assert [p.name for p in written] == [*PICTURES, "escalation.png"] and skipped == []
+    assert escalation_switches(scalars) == [Switch(80, "imbalance", "equal gradient norms")]
+    for path in written:
+        assert_png(path)
+    # the switch's line is drawn: the same run without it differs in the pictures over time
+    unmarked = [{k: v for k, v in line.items() if not k.endswith("_on")} for line in lines]
+    plain, _ = write_plots(
+        read_scalars(write_log(tmp_path / "20250102_000000", unmarked)), tmp_path / "plain"
+    )
+    for marked, drawn in zip(written, plain, strict=True):
+        same = np.array_equal(imread(marked), imread(drawn))
+        assert same == (marked.name == "cosine.png"), marked.name
 
 
 @pytest.mark.parametrize(
