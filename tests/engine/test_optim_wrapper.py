@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
@@ -158,3 +159,28 @@ def test_a_model_with_a_balancer_needs_the_mtl_wrapper() -> None:
     model = BranchedRegressor(dict(type="PCGrad"))
     with pytest.raises(TypeError, match="needs MTLOptimWrapper"):
         build(model, type="OptimWrapper", optimizer=dict(type="SGD", lr=0.1))
+
+
+def test_the_schedules_fused_adamw_steps_as_the_per_parameter_loop() -> None:
+    """The base schedule's AdamW is torch's fused kernel; over our parameter groups (a learning
+    rate multiplier, the balancer's parameters without decay) and gradient clipping, its steps
+    equal those of torch's per-parameter reference loop."""
+    cfg = Config.fromfile("configs/_base_/schedules/iter_40k.py").optim_wrapper.to_dict()
+    assert cfg["optimizer"]["fused"] is True
+    cfg["paramwise_cfg"] = dict(custom_keys={"trunk": dict(lr_mult=0.1)})
+    cfg["optimizer"]["lr"] = 0.05
+    trained = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = BranchedRegressor(dict(type="UncertaintyWeighting"))
+        initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+        wrapper = build(model, **{**cfg, "optimizer": {**cfg["optimizer"], "fused": fused}})
+        assert wrapper.optimizer.defaults["fused"] is fused
+        for step in range(5):
+            model.train_step(batch(step), wrapper)
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        assert all(not torch.equal(initial[n], p) for n, p in params.items())  # all trained
+        trained.append(params)
+    fused_params, loop_params = trained
+    for name, param in fused_params.items():
+        torch.testing.assert_close(param, loop_params[name], rtol=1e-5, atol=1e-6, msg=name)
