@@ -1,7 +1,7 @@
 # The Δm sweep of docs/experiments/synthdrive.md: the quickstart network on SynthDrive (the
 # Makefile's data: 400 train / 100 val frames, seed 0) trained once per task and jointly under
-# each balancer, 300 iterations each (half the quickstart's schedule, warm-up and decay stretched
-# to fit), seeds 0-2. On 2 cores a plain joint run takes ~9 minutes and one with per-task
+# each balancer, 300 iterations each (the quickstart's schedule, warm-up and decay, shrunk to
+# fit), seeds 0-2. On 2 cores a plain joint run takes ~9 minutes and one with per-task
 # gradients at every step (GradNorm, PCGrad, CAGrad, Nash-MTL) ~20: about 2.5 hours per seed.
 # Run it in parts; the finished runs are kept beside the table and a second call resumes:
 #   python tools/run_delta_m.py configs/experiments/delta_m_synthdrive.py --seeds 0
