@@ -53,9 +53,9 @@ val_dataloader = dict(num_workers=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # Escalated from iteration 50 (equal norms, then PCGrad on them), a step costs 1.2-1.6x a plain
-# one. 500 iterations fit issue 10's 20 minutes of training on the 2026-12-04 machine; 600 took
-# 24-26 there for det/mAP_50 20.4 against 17.6 and seg/mIoU 52.6 against 50.4, depth and
-# normals within 0.3 (docs/benchmarks.md, "Quickstart at 500 iterations").
+# one. 500 iterations train in 18-20 minutes on the 2026-12-04 machine (36 on a 2x slower one);
+# 600 took 24-26 there for det/mAP_50 20.4 against 17.8 and seg/mIoU 52.6 against 50.5, depth
+# and normals within 0.4 (docs/benchmarks.md, "Quickstart at 500 iterations").
 max_iters = 500
 # The detector at a quarter of the dense heads' rate (2.5e-4): in docs/benchmarks.md det/mAP_50
 # rises from 13.7 to 16.6 after 500 iterations, the dense tasks no worse.
