@@ -86,6 +86,14 @@ class Symptom(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+#: The symptoms the escalation reads, each with its remedy and what its signal measures: the
+#: names of ``Escalation.measurement_scalars``' keys, which ``tools/analyze_logs.py`` draws.
+SYMPTOMS: dict[str, tuple[str, str]] = {
+    "conflict": ("PCGrad", "conflict strength: mean max(0, -cos) over task pairs"),
+    "imbalance": ("equal gradient norms", "norm imbalance: log10(max / min gradient norm)"),
+}
+
+
 @BALANCERS.register_module()
 class Escalation(GradientBalancer):
     """A loss weighting that escalates on the two classic failures of multi-task training.
@@ -166,7 +174,8 @@ class Escalation(GradientBalancer):
         if int(self.measurements) == 0:
             return {}
         scalars = {}
-        for name, symptom in (("conflict", self.conflict), ("imbalance", self.imbalance)):
+        for name in SYMPTOMS:
+            symptom: Symptom = getattr(self, name)
             scalars[f"escalation/{name}"] = float(symptom.recent[-1])
             scalars[f"escalation/{name}_average"] = float(symptom.ema)
             scalars[f"escalation/{name}_threshold"] = float(symptom.threshold)

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from adperception.balancing.escalation import SYMPTOMS
 from adperception.diagnostics.affinity import late_mean
 
 #: mmengine's run folders: ``%Y%m%d_%H%M%S``, which sorts by time.
@@ -91,14 +92,6 @@ def diagnostic_groups(scalars: dict[str, Series]) -> list[str]:
         for key in scalars
         if key.startswith("diag/") and key.endswith("/conflict_rate")
     ]
-
-
-#: The escalation's symptoms as ``Escalation.measurement_scalars`` names them, with their
-#: remedies and what each signal measures.
-SYMPTOMS = {
-    "conflict": ("PCGrad", "conflict strength: mean max(0, -cos) over task pairs"),
-    "imbalance": ("equal gradient norms", "norm imbalance: log10(max / min gradient norm)"),
-}
 
 
 @dataclass(frozen=True)
