@@ -9,7 +9,8 @@ The sweep config names its report (``out``) and work dir (``work_dir``, default
 Resumable: run the same command again after an interruption. Finished runs (WORK_DIR/.../
 result.json) are kept, an unfinished one resumes from its last checkpoint, and the table is
 rewritten over every finished run (a partial sweep gives a partial table that lists what is
-missing). --seeds and --methods run a part of the sweep, e.g. one seed per session.
+missing). --seeds and --methods run a part of the sweep, e.g. one seed per session;
+--report-only trains nothing and rewrites the table from the finished runs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="the report; default: the sweep config's out")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="only these seeds")
     parser.add_argument("--methods", nargs="+", metavar="NAME", help="only these joint methods")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite the table from the finished runs beside it (e.g. results "
+        "copied in from a worktree of the commit that made them)",
+    )
     return parser.parse_args(argv)
 
 
@@ -48,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_delta_m: {args.sweep} names no report (out = ...): give --out", file=sys.stderr)
         return 2
     work_dir = args.work_dir or cfg.get("work_dir") or Path("work_dirs") / Path(args.sweep).stem
-    run_sweep(args.sweep, work_dir=work_dir, out=out, seeds=args.seeds, methods=args.methods)
+    seeds = [] if args.report_only else args.seeds  # no seed to train: only the table
+    run_sweep(args.sweep, work_dir=work_dir, out=out, seeds=seeds, methods=args.methods)
     print(f"Δm table: {out}")
     return 0
 

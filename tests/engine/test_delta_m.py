@@ -170,6 +170,18 @@ def test_a_tiny_sweep_reports_and_resumes(sweep_config: Path, tmp_path: Path, ca
     # every result says what made it; the joint and single-task runs share code and data
     assert {r.origin for r in again} == {joint.origin} and "unrecorded" not in joint.origin
     assert len({r.provenance["config"] for r in again}) == 3
+    # --report-only rewrites the table from the finished runs alone, training nothing
+    table, trained = out.read_text(), sorted(work.rglob("*"))
+    out.unlink()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools/run_delta_m.py"), str(sweep_config), "--report-only"]
+        + ["--work-dir", str(work), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == table and sorted(work.rglob("*")) == trained
 
 
 def test_cells_keep_three_decimals_below_one() -> None:
