@@ -55,8 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_delta_m: {args.sweep} names no report (out = ...): give --out", file=sys.stderr)
         return 2
     work_dir = args.work_dir or cfg.get("work_dir") or Path("work_dirs") / Path(args.sweep).stem
-    seeds = [] if args.report_only else args.seeds  # no seed to train: only the table
-    run_sweep(args.sweep, work_dir=work_dir, out=out, seeds=seeds, methods=args.methods)
+    run_sweep(
+        args.sweep,
+        work_dir=work_dir,
+        out=out,
+        seeds=args.seeds,
+        methods=args.methods,
+        report_only=args.report_only,
+    )
     print(f"Δm table: {out}")
     return 0
 

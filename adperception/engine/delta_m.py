@@ -358,12 +358,18 @@ def run_sweep(
     out: str | Path,
     seeds: Sequence[int] | None = None,
     methods: Sequence[str] | None = None,
+    report_only: bool = False,
 ) -> list[RunResult]:
     """Every run of the sweep without a result beside ``out`` yet (trained in ``work_dir``), and
     the report ``out`` over all finished ones, rewritten after each run (a partial sweep gives a
-    partial table, saying what is missing)."""
+    partial table, saying what is missing). ``report_only`` trains nothing: it rewrites the report
+    over results made elsewhere, e.g. in a worktree of the commit a table is pinned to."""
     setup_runtime()
     full = sweep = Sweep.from_config(Config.fromfile(sweep_config))  # the report covers all
+    if report_only:
+        found = _write_report(Path(out), results_dir(out), full, sweep_config, Path(work_dir))
+        print(f"Δm sweep: {len(found)} of {len(full.plan())} runs finished; trained nothing")
+        return found
     if seeds is not None:
         sweep = replace(sweep, seeds=tuple(seeds))
     if methods is not None:

@@ -184,6 +184,7 @@ def test_a_tiny_sweep_reports_and_resumes(sweep_config: Path, tmp_path: Path, ca
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "2 of 3 runs finished; trained nothing" in proc.stdout
     table = out.read_text()
     assert "Not run yet (1): joint EqualWeighting seed 0." in table
     assert [line for line in table.splitlines() if line.startswith("| single")] == references
