@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -362,3 +362,38 @@ def plot_affinity(
     fig.suptitle(f"task affinity ({kind}): row's step onto column's loss")
     fig.savefig(path, dpi=100)
     return path
+
+
+def plot_task_deltas(deltas: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path) -> Path:
+    """One row per joint run: each task's term of Δm in % (``delta_m.task_deltas``: the bar is
+    the mean over seeds, the whisker the sample std) and Δm itself (the diamond), so that one
+    sees which task a run's Δm comes from, and where the bars cross zero."""
+    names = list(deltas)
+    tasks = list(next(iter(deltas.values()))[0])
+    height = 0.8 / len(tasks)
+    fig = Figure(figsize=(8, 1.2 + 0.22 * len(names) * len(tasks)), layout="constrained")
+    ax = fig.add_subplot()
+    for index, task in enumerate(tasks):
+        values = [np.array([seed[task] for seed in deltas[n]]) for n in names]
+        offsets = np.arange(len(names)) - 0.4 + height * (index + 0.5)
+        ax.barh(
+            offsets,
+            [v.mean() for v in values],
+            height=height,
+            xerr=[v.std(ddof=1) if v.size > 1 else 0.0 for v in values],
+            color=f"C{index}",
+            error_kw=dict(lw=0.8, capsize=2),
+            label=f"Δ {task}",
+        )
+    means = [np.mean([sum(seed.values()) / len(seed) for seed in deltas[n]]) for n in names]
+    ax.scatter(means, np.arange(len(names)), marker="D", color="black", zorder=3, label="Δm")
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.invert_yaxis()  # the report's order, top to bottom
+    ax.set_xlabel("relative to the single-task run (%), positive: better together")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.suptitle("Δm and each task's term of it")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)

@@ -53,6 +53,7 @@ from mmengine.model import is_model_wrapper
 from tqdm import tqdm
 
 import adperception
+from adperception.diagnostics.plots import plot_task_deltas
 from adperception.engine.experiment import train_then_test
 from adperception.engine.runner import setup_runtime
 
@@ -425,7 +426,13 @@ def _write_report(
     found = load_results(results, sweep)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = f"python tools/run_delta_m.py {sweep_config} --work-dir {work_dir} --out {out}"
-    out.write_text(report(found, sweep, sweep_config=str(sweep_config), command=command))
+    per_task = per_task_deltas(found, sweep)
+    picture = None
+    if per_task:
+        path = plot_task_deltas(per_task, out.with_suffix("") / "task_deltas.png")
+        picture = path.relative_to(out.parent).as_posix()
+    text = report(found, sweep, sweep_config=str(sweep_config), command=command, picture=picture)
+    out.write_text(text)
     return found
 
 
@@ -451,22 +458,34 @@ def load_results(results: Path, sweep: Sweep) -> list[RunResult]:
     return found
 
 
-def delta_m(
+def task_deltas(
     joint: Mapping[str, float],
     single: Mapping[str, Mapping[str, float]],
     metrics: Mapping[str, Mapping[str, int]],
-) -> float:
-    """Δm in % of one joint model's ``joint`` metrics against each task's single-task
-    ``single[task]`` metrics, over the chosen ``metrics`` (task → {key: ±1}); positive is
-    better."""
-    per_task = []
+) -> dict[str, float]:
+    """Each task's term of Δm, in %: the relative difference of one joint model's ``joint``
+    metrics to the task's single-task ``single[task]`` metrics, averaged over its chosen
+    ``metrics`` (task → {key: ±1}), positive where the joint model is better. They say which
+    task a Δm comes from."""
+    per_task = {}
     for task, table in metrics.items():
         terms = [
             sign * (joint[key] - single[task][key]) / single[task][key]
             for key, sign in table.items()
         ]
-        per_task.append(sum(terms) / len(terms))
-    return 100.0 * sum(per_task) / len(per_task)
+        per_task[task] = 100.0 * sum(terms) / len(terms)
+    return per_task
+
+
+def delta_m(
+    joint: Mapping[str, float],
+    single: Mapping[str, Mapping[str, float]],
+    metrics: Mapping[str, Mapping[str, int]],
+) -> float:
+    """Δm in % (Maninis et al. 2019): the mean over tasks of ``task_deltas``; positive is
+    better."""
+    per_task = task_deltas(joint, single, metrics)
+    return sum(per_task.values()) / len(per_task)
 
 
 def _mean_std(values: Sequence[float], digits: int | None = None) -> str:
@@ -481,15 +500,41 @@ def _mean_std(values: Sequence[float], digits: int | None = None) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def per_task_deltas(
+    results: Sequence[RunResult], sweep: Sweep
+) -> dict[str, list[dict[str, float]]]:
+    """Per joint run with a Δm (in the sweep's order), ``task_deltas`` of each seed against
+    that seed's single-task runs of the same code and data."""
+    single = {(r.name, r.seed, r.origin): r for r in results if r.single_task}
+    found: dict[str, list[dict[str, float]]] = {}
+    for method in sweep.joint_runs:
+        for r in results:
+            refs = [single.get((t, r.seed, r.origin)) for t in sweep.tasks]
+            if r.single_task or r.name != method or None in refs:
+                continue
+            metrics = {t: ref.metrics for t, ref in zip(sweep.tasks, refs, strict=True)}
+            found.setdefault(method, []).append(task_deltas(r.metrics, metrics, sweep.metrics))
+    return found
+
+
+def _mean(per_task: Mapping[str, float]) -> float:
+    return sum(per_task.values()) / len(per_task)
+
+
 def report(
-    results: Sequence[RunResult], sweep: Sweep, *, sweep_config: str, command: str | None = None
+    results: Sequence[RunResult],
+    sweep: Sweep,
+    *,
+    sweep_config: str,
+    command: str | None = None,
+    picture: str | None = None,
 ) -> str:
     """The Markdown table: single-task rows, then one row per method; Δm per seed against that
-    seed's single-task runs, mean ± sample std over the seeds that have all of them; ``command``
-    is what resumes the sweep (default: ``tools/run_delta_m.py`` on ``sweep_config``)."""
+    seed's single-task runs, mean ± sample std over the seeds that have all of them; then each
+    task's term of Δm, and ``picture`` (a link) of them. ``command`` is what resumes the sweep
+    (default: ``tools/run_delta_m.py`` on ``sweep_config``)."""
     command = command or f"python tools/run_delta_m.py {sweep_config}"
     keys = [(task, key) for task, table in sweep.metrics.items() for key in table]
-    single = {(r.name, r.seed, r.origin): r for r in results if r.single_task}
     joint = [r for r in results if not r.single_task]
     total = len(sweep.plan())
     arrows = {1: "↑", -1: "↓"}
@@ -529,20 +574,12 @@ def report(
         cells += ["0 (reference)" if runs else "–"]
         cells += [_mean_std([r.params / 1e6 for r in runs], 3), _mean_std([r.step_s for r in runs])]
         lines.append("| " + " | ".join(cells) + " |")
+    per_task = per_task_deltas(results, sweep)
     for method in sweep.joint_runs:
         runs = [r for r in joint if r.name == method]
         cells = [method]
         cells += [_mean_std([r.metrics[key] for r in runs]) for _, key in keys]
-        deltas = [
-            delta_m(
-                r.metrics,
-                {t: single[(t, r.seed, r.origin)].metrics for t in sweep.tasks},
-                sweep.metrics,
-            )
-            for r in runs
-            if all((t, r.seed, r.origin) in single for t in sweep.tasks)
-        ]
-        cells += [_mean_std(deltas)]
+        cells += [_mean_std([_mean(d) for d in per_task.get(method, [])])]
         cells += [_mean_std([r.params / 1e6 for r in runs], 3), _mean_std([r.step_s for r in runs])]
         lines.append("| " + " | ".join(cells) + " |")
     stl_params = sum(
@@ -551,6 +588,22 @@ def report(
         if any(r.single_task and r.name == t for r in results)
     )
     lines += ["", f"The single-task networks together: {stl_params / 1e6:.3f} M parameters."]
+    if per_task:
+        lines += [
+            "",
+            "Where each Δm comes from: each task's term, its chosen metrics' signed relative "
+            "difference to the single-task run in % (positive: better together), mean ± std "
+            "over the seeds.",
+            "",
+            "| run | " + " | ".join(f"Δ {t} (%)" for t in sweep.tasks) + " | Δm (%) |",
+            "|" + "---|" * (len(sweep.tasks) + 2),
+        ]
+        for method, seeds in per_task.items():
+            cells = [method, *(_mean_std([d[t] for d in seeds], 2) for t in sweep.tasks)]
+            cells.append(_mean_std([_mean(d) for d in seeds], 2))
+            lines.append("| " + " | ".join(cells) + " |")
+        if picture is not None:
+            lines += ["", f"![each task's term of Δm, per run]({picture})"]
     origins = sorted({r.origin for r in results})
     if len(origins) > 1:
         lines += [

@@ -24,6 +24,7 @@ from adperception.engine.delta_m import (
     run_dir,
     run_sweep,
     source_commit,
+    task_deltas,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,7 @@ def test_delta_m_of_the_papers_formula() -> None:
     single = {"a": {"a/acc": 50.0}, "b": {"b/err": 2.0, "b/rmse": 1.0}}
     joint = {"a/acc": 55.0, "b/err": 2.2, "b/rmse": 0.9}
     assert delta_m(joint, single, metrics) == pytest.approx(5.0)
+    assert task_deltas(joint, single, metrics) == pytest.approx({"a": 10.0, "b": 0.0})
     assert delta_m({"a/acc": 50.0, "b/err": 2.0, "b/rmse": 1.0}, single, metrics) == 0.0
 
 
@@ -144,6 +146,9 @@ def test_a_tiny_sweep_reports_and_resumes(sweep_config: Path, tmp_path: Path, ca
     table = out.read_text()
     row = next(line for line in table.splitlines() if line.startswith("| EqualWeighting"))
     assert f"| {expected:.2f} |" in row
+    picture = tmp_path / "table" / "task_deltas.png"  # beside the results, linked from the table
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![each task's term of Δm, per run](table/task_deltas.png)" in table
     assert joint.params > by_name["depth"].params and joint.step_s > 0
     assert "Not run yet" not in table
 
@@ -232,11 +237,15 @@ def test_delta_m_compares_only_runs_of_the_same_code_and_data(sweep_config: Path
     assert row.split(" | ")[3] == "–"  # the Δm cell
     assert "**These runs come from 2 versions of the code or data**" in table
     assert "- code new, data d: joint EqualWeighting seed 0" in table
+    assert "Where each Δm comes from" not in table  # no run has a Δm to split
     joint.provenance = dict(old)
     table = report([*refs, joint], sweep, sweep_config="sweep.py")
     row = next(line for line in table.splitlines() if line.startswith("| EqualWeighting"))
     assert row.split(" | ")[3] == "5.00"  # (+10 % + 0 %) / 2
     assert "versions of the code" not in table
+    # each task's term: seg 50 → 55 is +10 %, depth unchanged
+    assert "| run | Δ seg (%) | Δ depth (%) | Δm (%) |" in table
+    assert "| EqualWeighting | 10.00 | 0.00 | 5.00 |" in table
 
 
 def test_the_provenance_names_the_commit_to_resume_from() -> None:
