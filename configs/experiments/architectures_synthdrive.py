@@ -21,6 +21,7 @@ methods = dict(
     ),
 )
 networks = dict(
+    _delete_=True,  # not the Δm sweep's network: this table lists its own, in its order
     hard_sharing=_arch + "hard_sharing.py",  # one group: the grouping of all tasks together
     grouping_affinity=_arch + "grouping_affinity.py",  # tools/analyze_affinity.py's grouping
     task_norms=_arch + "task_norms.py",
