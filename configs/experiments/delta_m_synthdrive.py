@@ -64,6 +64,11 @@ methods = dict(
         patience=2,
     ),
 )
+# The default balancer on another grouping of the same network: tools/analyze_affinity.py's
+# seg + depth | det + normals instead of det + seg | depth + normals (its config's balancer is
+# the quickstart's, EscalationFAMOEarly's settings); against the same single-task runs, since a
+# single-task network has one branch whatever the grouping.
+networks = dict(grouping_affinity="configs/experiments/architectures/grouping_affinity.py")
 # the report; the finished runs are kept beside it, in docs/experiments/synthdrive/results
 out = "docs/experiments/synthdrive.md"
 work_dir = "work_dirs/delta_m"
