@@ -392,7 +392,8 @@ def plot_task_deltas(deltas: Mapping[str, Sequence[Mapping[str, float]]], path: 
     ax.invert_yaxis()  # the report's order, top to bottom
     ax.set_xlabel("relative to the single-task run (%), positive: better together")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    # below the axes: inside, it covers a row's bars whatever the corner
+    fig.legend(loc="outside lower center", ncols=len(tasks) + 1, fontsize="small")
     fig.suptitle("Δm and each task's term of it")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
