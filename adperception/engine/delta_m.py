@@ -484,7 +484,11 @@ def delta_m(
 ) -> float:
     """Δm in % (Maninis et al. 2019): the mean over tasks of ``task_deltas``; positive is
     better."""
-    per_task = task_deltas(joint, single, metrics)
+    return _mean(task_deltas(joint, single, metrics))
+
+
+def _mean(per_task: Mapping[str, float]) -> float:
+    """Δm from its tasks' terms."""
     return sum(per_task.values()) / len(per_task)
 
 
@@ -515,10 +519,6 @@ def per_task_deltas(
             metrics = {t: ref.metrics for t, ref in zip(sweep.tasks, refs, strict=True)}
             found.setdefault(method, []).append(task_deltas(r.metrics, metrics, sweep.metrics))
     return found
-
-
-def _mean(per_task: Mapping[str, float]) -> float:
-    return sum(per_task.values()) / len(per_task)
 
 
 def report(
